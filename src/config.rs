@@ -1,0 +1,127 @@
+//! The command line and environment: one clap struct per command, each field
+//! documented; `.env.example` mirrors them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgfeed",
+    version,
+    about = "Every write to Postgres as a live, ordered, resumable event feed"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (starts a private Postgres when DATABASE_URL is not set).
+    Serve(ServeArgs),
+    /// Apply the SQL in migrations/ (idempotent).
+    Migrate(MigrateArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres server to use (Postgres 13 or newer). Unset: a private cluster is started.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Where the private cluster keeps its data (only without DATABASE_URL).
+    #[arg(long, env = "PGFEED_DATA_DIR", default_value = ".pgfeed")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// List applied and pending migrations instead of applying them.
+    #[arg(long)]
+    pub status: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "PGFEED_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// How long the event log is kept; older transactions are pruned (e.g. 24h, 30m, 7d).
+    #[arg(long, env = "PGFEED_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How often the server pings each WebSocket; a peer silent for two intervals is dropped.
+    #[arg(long, env = "PGFEED_HEARTBEAT", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Largest inbound WebSocket message, in bytes; larger ones close the socket with 1009.
+    #[arg(long, env = "PGFEED_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub max_frame: usize,
+
+    /// Most WebSocket connections at once; more are refused with 503.
+    #[arg(long, env = "PGFEED_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Events the hub keeps for connections that are behind; a connection further
+    /// behind is served from the log until it catches up.
+    #[arg(long, env = "PGFEED_HUB_CAPACITY", default_value_t = 8192)]
+    pub hub_capacity: usize,
+
+    /// How long a client may leave a message unread before it is closed as stuck.
+    #[arg(long, env = "PGFEED_CLIENT_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_write_timeout: Duration,
+
+    /// Database connections for snapshots and log reads.
+    #[arg(long, env = "PGFEED_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+}
+
+/// Parses `500ms`, `30s`, `15m`, `24h`, `7d` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 24h"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

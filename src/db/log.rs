@@ -1,0 +1,148 @@
+//! Reads of the pgfeed log (`pgfeed.events` joined to `pgfeed.commits`), in commit order.
+//!
+//! The log is the truth; notifications are only a fast path. Everything that
+//! must not lose an event (the listener after a reconnect, a resuming client, a
+//! client that fell behind) reads from here.
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::feed::change::{Change, Op};
+
+/// A position in the log: after transaction `seq`, or inside it after event `id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub seq: i64,
+    /// 0 means "after the whole transaction `seq`".
+    pub id: i64,
+    /// Index within transaction `seq` of the next event (when `id` is not 0).
+    pub next_index: i32,
+}
+
+impl Cursor {
+    /// After the whole transaction `seq`.
+    pub fn after(seq: i64) -> Cursor {
+        Cursor {
+            seq,
+            id: 0,
+            next_index: 0,
+        }
+    }
+}
+
+/// Reads up to `limit` changes after `cursor`, in (seq, statement) order, and the
+/// cursor after them. An empty result means the log holds nothing after `cursor`.
+pub async fn read(
+    pool: &PgPool,
+    cursor: Cursor,
+    limit: i64,
+) -> sqlx::Result<(Vec<Change>, Cursor)> {
+    // `id = 0` means the whole of `seq` was read; ids start at 1.
+    let rows = sqlx::query(
+        r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
+                  e.actor, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at
+             FROM pgfeed.commits c
+             JOIN pgfeed.events e ON e.tx = c.tx
+            WHERE c.seq >= $1 AND (c.seq > $1 OR ($2 > 0 AND e.id > $2))
+            ORDER BY c.seq, e.id
+            LIMIT $3"#,
+    )
+    .bind(cursor.seq)
+    .bind(cursor.id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+
+    let mut changes = Vec::with_capacity(rows.len());
+    let mut at = cursor;
+    for row in rows {
+        let seq: i64 = row.try_get("seq")?;
+        let tx_index = if seq == at.seq && at.id > 0 {
+            at.next_index
+        } else {
+            0
+        };
+        let change = Change {
+            seq,
+            id: row.try_get("id")?,
+            table: row.try_get("table_name")?,
+            prefix: row.try_get("prefix")?,
+            op: Op::parse(row.try_get("op")?)
+                .ok_or_else(|| sqlx::Error::Protocol("unknown op in pgfeed.events".into()))?,
+            new: parse_json(row.try_get("new")?)?,
+            old: parse_json(row.try_get("old")?)?,
+            actor: row.try_get("actor")?,
+            at: row.try_get("at")?,
+            tx_index,
+            tx_size: row.try_get("size")?,
+        };
+        at = if change.is_last_of_tx() {
+            Cursor::after(seq)
+        } else {
+            Cursor {
+                seq,
+                id: change.id,
+                next_index: tx_index + 1,
+            }
+        };
+        changes.push(change);
+    }
+    Ok((changes, at))
+}
+
+fn parse_json(text: Option<String>) -> sqlx::Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
+}
+
+/// The newest commit position visible now (0 before the first write).
+pub async fn head(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT pgfeed.head()")
+        .fetch_one(pool)
+        .await
+}
+
+/// The oldest cursor a client can resume from: everything after it is still in the log.
+pub async fn resumable_from(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT pruned_through FROM pgfeed.retention")
+        .fetch_one(pool)
+        .await
+}
+
+/// Removes the log of transactions committed more than `keep` ago; returns the rows removed.
+pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT pgfeed.prune(make_interval(secs => $1))")
+        .bind(keep.as_secs_f64())
+        .fetch_one(pool)
+        .await
+}
+
+/// The rows of a tracked table as one JSON array, with the watermark seq they reflect:
+/// every transaction with seq ≤ watermark is in the rows, none after it.
+/// `None` when `table` is not tracked.
+pub async fn snapshot(pool: &PgPool, table: &str) -> sqlx::Result<Option<(i64, String)>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    // The regclass text is the properly quoted name, so it is safe to splice.
+    let relation: Option<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM pgfeed.tracked_tables WHERE table_name::text = $1",
+    )
+    .bind(table)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(relation) = relation else {
+        return Ok(None);
+    };
+    let watermark: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
+        .fetch_one(&mut *tx)
+        .await?;
+    let rows: String = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)->'id'), '[]')::text FROM {relation} t"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some((watermark, rows)))
+}

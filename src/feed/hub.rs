@@ -1,0 +1,112 @@
+//! The hub: every event once, in commit order, to every connection.
+//!
+//! A single broadcast ring of shared, already-encoded events. Each connection
+//! holds a cursor into it, not a copy; a connection that falls more than the
+//! ring's capacity behind is told it lagged and catches up from the log (the
+//! ring is its bounded queue), so a slow client never holds memory or delays
+//! anyone else.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use super::event::Event;
+
+/// Fan-out of live events. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    events: broadcast::Sender<Arc<Event>>,
+    head: watch::Sender<i64>,
+}
+
+impl Hub {
+    /// A hub whose ring holds `capacity` events.
+    pub fn new(capacity: usize) -> Hub {
+        Hub {
+            events: broadcast::channel(capacity).0,
+            head: watch::channel(0).0,
+        }
+    }
+
+    /// Hands one event to every subscriber.
+    pub fn publish(&self, event: Arc<Event>) {
+        // An error only means nobody is subscribed right now.
+        let _ = self.events.send(event);
+    }
+
+    /// Records that every transaction up to `seq` has been published.
+    pub fn set_head(&self, seq: i64) {
+        self.head.send_if_modified(|head| {
+            let moved = *head < seq;
+            *head = (*head).max(seq);
+            moved
+        });
+    }
+
+    /// The last transaction published whole.
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// Waits for changes of the head.
+    pub fn watch_head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// A cursor at the live end of the ring.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.events.receiver_count()
+    }
+}
+
+/// What a client asked to receive: `subscribe {tables?, types?, where?}`.
+/// Absent lists mean "all"; `where` is field equality, or membership for an array.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(default)]
+    pub tables: Option<HashSet<String>>,
+    #[serde(default)]
+    pub types: Option<HashSet<String>>,
+    #[serde(default, rename = "where")]
+    pub where_: Option<serde_json::Map<String, Value>>,
+}
+
+impl Filter {
+    /// True when `event` is wanted. Looks into the parsed row; never re-parses.
+    pub fn matches(&self, event: &Event) -> bool {
+        if self
+            .tables
+            .as_ref()
+            .is_some_and(|t| !t.contains(&event.table))
+        {
+            return false;
+        }
+        if self
+            .types
+            .as_ref()
+            .is_some_and(|t| !t.contains(&event.kind))
+        {
+            return false;
+        }
+        match &self.where_ {
+            None => true,
+            Some(conditions) => conditions.iter().all(|(field, wanted)| {
+                let Some(value) = event.data.get(field) else {
+                    return false;
+                };
+                match wanted {
+                    Value::Array(options) => options.contains(value),
+                    single => single == value,
+                }
+            }),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The listener: one `LISTEN pgfeed` connection turned into events, in seq order.
+//!
+//! Notifications are the fast path; the log is the truth. Whenever the stream
+//! of notifications is not exactly the next transaction, whole and in order
+//! (a reconnect, a `fetch` payload, a bulk summary, a gap, a malformed payload,
+//! a quiet connection whose head moved), the listener reads the log after the
+//! last seq it delivered instead of guessing, and drops notifications it has
+//! already delivered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::change::{Change, Notice};
+use super::event::{Encoder, UnresolvedCounts};
+use super::hub::Hub;
+use crate::db::{self, log};
+use crate::metrics::Metrics;
+
+/// The notification channel the capture triggers use.
+pub const CHANNEL: &str = "pgfeed";
+/// How long the connection may be quiet before the listener checks it is alive
+/// and that it has missed nothing.
+const QUIET_CHECK: Duration = Duration::from_secs(3);
+/// How long that check may take before the connection is declared dead.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const LOG_PAGE: i64 = 2000;
+
+/// Where the listener's stream stands.
+pub struct Listener {
+    url: String,
+    /// For log reads; the LISTEN connection is separate.
+    pool: PgPool,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    /// Connected and caught up: what `/readyz` reports.
+    ready: Arc<AtomicBool>,
+    /// The last transaction delivered whole.
+    last_seq: i64,
+    /// Its number of events, to recognise rows written after its seq was assigned.
+    last_size: i32,
+    /// The notifications of the transaction being received.
+    pending: Vec<Change>,
+    counts: UnresolvedCounts,
+}
+
+enum Stop {
+    Shutdown,
+    Lost(String),
+}
+
+impl Listener {
+    pub fn new(
+        url: String,
+        pool: PgPool,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Listener {
+        Listener {
+            url,
+            pool,
+            hub,
+            metrics,
+            ready,
+            last_seq: 0,
+            last_size: 0,
+            pending: Vec::new(),
+            counts: UnresolvedCounts::default(),
+        }
+    }
+
+    /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let listen_pool =
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(db::connect_options(
+                    &self.url,
+                    db::LISTENER_APPLICATION_NAME,
+                )?);
+        let mut backoff = Duration::from_millis(100);
+        let mut started = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let attempt = async {
+                if !started {
+                    self.start_at_head().await?;
+                }
+                let mut listener = PgListener::connect_with(&listen_pool)
+                    .await
+                    .context("connecting")?;
+                listener.listen(CHANNEL).await.context("LISTEN")?;
+                // Everything committed while nobody listened is in the log.
+                self.catch_up().await.context("reading the log")?;
+                anyhow::Ok(listener)
+            };
+            let mut listener = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                attempt = attempt => match attempt {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "listener cannot connect");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            if started {
+                Metrics::inc(&self.metrics.listener_reconnects);
+            }
+            started = true;
+            backoff = Duration::from_millis(100);
+            self.ready.store(true, Ordering::SeqCst);
+            tracing::info!(seq = self.last_seq, "listener following notifications");
+            let stop = self.follow(&mut listener, &shutdown).await;
+            self.ready.store(false, Ordering::SeqCst);
+            match stop {
+                Stop::Shutdown => return Ok(()),
+                Stop::Lost(reason) => {
+                    tracing::warn!(%reason, seq = self.last_seq, "listener lost its connection; reconnecting")
+                }
+            }
+        }
+    }
+
+    /// Starts live delivery at the current head, with comment counts from the same snapshot.
+    async fn start_at_head(&mut self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let counts: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT tracker_id, count(*) FROM public.tracker_comments WHERE NOT is_resolved GROUP BY tracker_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap_or_default();
+        tx.commit().await.ok();
+        self.last_seq = head;
+        self.counts = UnresolvedCounts::new(
+            counts
+                .into_iter()
+                .map(|(t, n)| (i64::from(t), n))
+                .collect::<HashMap<_, _>>(),
+        );
+        self.hub.set_head(head);
+        self.metrics.head_seq.store(head, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn follow(&mut self, listener: &mut PgListener, shutdown: &CancellationToken) -> Stop {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Stop::Shutdown,
+                next = tokio::time::timeout(QUIET_CHECK, listener.try_recv()) => next,
+            };
+            let result = match next {
+                Ok(Ok(Some(notification))) => self.on_notification(notification.payload()).await,
+                Ok(Ok(None)) => return Stop::Lost("connection closed".into()),
+                Ok(Err(err)) => return Stop::Lost(err.to_string()),
+                Err(_quiet) => match tokio::time::timeout(
+                    CHECK_TIMEOUT,
+                    sqlx::query("SELECT 1").execute(&mut *listener),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => self.catch_up_if_behind().await,
+                    Ok(Err(err)) => return Stop::Lost(err.to_string()),
+                    Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
+                },
+            };
+            if let Err(err) = result {
+                return Stop::Lost(format!("reading the log: {err}"));
+            }
+        }
+    }
+
+    async fn on_notification(&mut self, payload: &str) -> sqlx::Result<()> {
+        Metrics::inc(&self.metrics.notifications_received);
+        let notice = match Notice::parse(payload) {
+            Ok(notice) => notice,
+            Err(err) => {
+                Metrics::inc(&self.metrics.notifications_malformed);
+                tracing::warn!(error = %err, "malformed notification; reading the log");
+                return self.catch_up().await;
+            }
+        };
+        if notice.seq <= self.last_seq {
+            // Rows written after the transaction's seq was assigned (by a later
+            // deferred trigger) arrive after its other rows: deliver them too.
+            if notice.seq == self.last_seq && notice.tx_index >= self.last_size {
+                let size = notice.tx_size;
+                match notice.into_change() {
+                    Some(change) => self.publish(change),
+                    None => return self.catch_up_from(self.last_seq - 1, self.last_size).await,
+                }
+                self.last_size = size;
+            }
+            return Ok(());
+        }
+        let continues = match self.pending.first() {
+            None => notice.seq == self.last_seq + 1 && notice.tx_index == 0,
+            Some(first) => first.seq == notice.seq && notice.tx_index == self.pending.len() as i32,
+        };
+        match notice.into_change() {
+            Some(change) if continues => {
+                let whole = change.is_last_of_tx();
+                self.pending.push(change);
+                if whole {
+                    for change in std::mem::take(&mut self.pending) {
+                        self.publish(change);
+                    }
+                }
+                Ok(())
+            }
+            // A gap, a fetch or a bulk summary: the log says exactly what happened.
+            _ => self.catch_up().await,
+        }
+    }
+
+    async fn catch_up_if_behind(&mut self) -> sqlx::Result<()> {
+        if !self.pending.is_empty() || log::head(&self.pool).await? > self.last_seq {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers everything in the log after the last whole transaction delivered.
+    async fn catch_up(&mut self) -> sqlx::Result<()> {
+        self.catch_up_from(self.last_seq, 0).await
+    }
+
+    /// Delivers the log after `seq`, skipping the first `skip` events (already delivered).
+    async fn catch_up_from(&mut self, seq: i64, mut skip: i32) -> sqlx::Result<()> {
+        Metrics::inc(&self.metrics.log_catch_ups);
+        self.pending.clear();
+        let mut cursor = log::Cursor::after(seq);
+        loop {
+            let (changes, next) = log::read(&self.pool, cursor, LOG_PAGE).await?;
+            if changes.is_empty() {
+                return Ok(());
+            }
+            for change in changes {
+                if skip > 0 && change.seq == seq + 1 && change.seq == self.last_seq {
+                    skip -= 1;
+                    continue;
+                }
+                self.publish(change);
+            }
+            cursor = next;
+        }
+    }
+
+    fn publish(&mut self, change: Change) {
+        let (seq, size, whole) = (change.seq, change.tx_size, change.is_last_of_tx());
+        let mut encoder = Encoder {
+            metrics: &self.metrics,
+            counts: Some(&mut self.counts),
+        };
+        for event in encoder.encode(change) {
+            Metrics::inc(&self.metrics.events_published);
+            self.hub.publish(Arc::new(event));
+        }
+        if whole && seq >= self.last_seq {
+            self.last_seq = seq;
+            self.last_size = size;
+            self.hub.set_head(seq);
+            self.metrics.head_seq.store(seq, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The HTTP edge: routes, the shared state, and the error type clients see.
+
+pub mod rest;
+pub mod session;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::feed::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Per-connection limits and timers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Interval of server pings; a peer silent for two of them is dropped.
+    pub heartbeat: Duration,
+    /// Largest inbound message; larger ones close the socket with 1009.
+    pub max_frame: usize,
+    /// Most WebSocket connections at once.
+    pub max_connections: usize,
+    /// How long one outbound message may wait on a client that does not read.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            heartbeat: Duration::from_secs(30),
+            max_frame: 64 * 1024,
+            max_connections: 10_000,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a request handler or socket task needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Snapshots and log reads for clients that resume or fall behind.
+    pub pool: PgPool,
+    /// Live events, encoded once.
+    pub hub: Hub,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// True while the listener is connected and caught up (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Limits and timers of every connection.
+    pub limits: Arc<Limits>,
+    /// Cancelled at shutdown; every socket task watches it and says 1001.
+    pub shutdown: CancellationToken,
+    /// The socket tasks, so shutdown can wait for their close frames.
+    pub sockets: TaskTracker,
+}
+
+/// The router, apart from serving, so tests can drive it directly.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(rest::healthz))
+        .route("/readyz", get(rest::readyz))
+        .route("/metrics", get(rest::metrics))
+        .route("/ws", get(session::general))
+        .route("/api/v1/ws/studies", get(session::pearl))
+        .route("/api/v1/{table}", get(rest::table_snapshot))
+        .with_state(state)
+}
+
+/// What a client sees when a request fails. Database details are logged, never shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Database(err) => {
+                tracing::error!(error = %err, "database error serving a request");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        (
+            status,
+            Json(serde_json::json!({ "type": "error", "code": code, "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,59 @@
+//! Plain HTTP: health, readiness, metrics, and table snapshots for polling clients.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::db::log;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready while the listener is connected and caught up with the log.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "listener not connected or catching up",
+        )
+            .into_response()
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/<table>`: `{"table", "seq", "rows"}`; the rows reflect exactly
+/// the transactions up to `seq`, so a client can follow on with `resume {after: seq}`.
+pub async fn table_snapshot(
+    State(state): State<AppState>,
+    Path(table): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some((watermark, rows)) = log::snapshot(&state.pool, &table).await? else {
+        return Err(ApiError::NotFound(format!(
+            "table `{table}` is not tracked"
+        )));
+    };
+    let body = snapshot_message("snapshot", &table, watermark, &rows);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `{"type", "table", "seq", "rows"}` around rows that are already JSON text, not re-parsed.
+pub fn snapshot_message(kind: &str, table: &str, watermark: i64, rows: &str) -> String {
+    format!(
+        r#"{{"type":{},"table":{},"seq":{watermark},"rows":{rows}}}"#,
+        serde_json::Value::from(kind),
+        serde_json::Value::from(table)
+    )
+}

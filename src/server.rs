@@ -1,0 +1,181 @@
+//! Running the whole service: database, migrations, listener, pruner, HTTP.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeArgs;
+use crate::db::{self, log};
+use crate::feed::hub::Hub;
+use crate::feed::listener::Listener;
+use crate::http::{self, AppState, Limits};
+use crate::metrics::Metrics;
+
+/// What a server needs besides its database.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub retention: Duration,
+    pub hub_capacity: usize,
+    pub db_pool: u32,
+    pub limits: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: ([127, 0, 0, 1], 0).into(),
+            retention: Duration::from_secs(24 * 3600),
+            hub_capacity: 8192,
+            db_pool: 16,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl From<&ServeArgs> for Settings {
+    fn from(args: &ServeArgs) -> Self {
+        Settings {
+            bind: args.bind,
+            retention: args.retention,
+            hub_capacity: args.hub_capacity,
+            db_pool: args.db_pool,
+            limits: Limits {
+                heartbeat: args.heartbeat,
+                max_frame: args.max_frame,
+                max_connections: args.max_connections,
+                write_timeout: args.client_write_timeout,
+            },
+        }
+    }
+}
+
+/// A server that is up. `stop` (or the token) shuts it down gracefully.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Closes every socket with 1001, stops the listener and the pruner, closes the pool.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server ends (after its shutdown token is cancelled).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("server task")?
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Migrates the database at `url` and starts serving on `settings.bind`.
+pub async fn start(url: &str, settings: Settings) -> Result<Running> {
+    let pool = db::pool(url, settings.db_pool).await?;
+    for applied in db::migrate(&pool).await? {
+        tracing::info!(version = applied.version, description = %applied.description, "applied migration");
+    }
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        pool: pool.clone(),
+        hub: Hub::new(settings.hub_capacity),
+        metrics: Arc::new(Metrics::default()),
+        ready: Arc::new(AtomicBool::new(false)),
+        limits: Arc::new(settings.limits.clone()),
+        shutdown: shutdown.clone(),
+        sockets: TaskTracker::new(),
+    };
+    let background = TaskTracker::new();
+    let listener = Listener::new(
+        url.to_string(),
+        pool.clone(),
+        state.hub.clone(),
+        state.metrics.clone(),
+        state.ready.clone(),
+    );
+    let token = shutdown.clone();
+    background.spawn(async move {
+        if let Err(err) = listener.run(token).await {
+            tracing::error!(error = %format!("{err:#}"), "listener stopped");
+        }
+    });
+    background.spawn(prune_periodically(
+        pool.clone(),
+        settings.retention,
+        shutdown.clone(),
+    ));
+
+    let tcp = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("binding {}", settings.bind))?;
+    let addr = tcp.local_addr()?;
+    let router = http::app(state.clone());
+    let token = shutdown.clone();
+    let sockets = state.sockets.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(tcp, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        // axum's graceful shutdown does not wait for upgraded sockets: they watch the
+        // same token and send 1001; wait for them, then for the background tasks.
+        sockets.close();
+        if tokio::time::timeout(Duration::from_secs(10), sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not close within 10 s");
+        }
+        background.close();
+        background.wait().await;
+        pool.close().await;
+        Ok(())
+    });
+    tracing::info!(%addr, "pgfeed serving");
+    Ok(Running {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs `pgfeed.prune` every few minutes (and at start).
+async fn prune_periodically(pool: sqlx::PgPool, retention: Duration, shutdown: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => match log::prune(&pool, retention).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "pruned the event log"),
+                Err(err) => tracing::warn!(error = %err, "pruning the event log"),
+            },
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

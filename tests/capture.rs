@@ -1,0 +1,589 @@
+//! The database contract (DESIGN §2): every write to a tracked table becomes a
+//! log row and a notification, in commit order, whoever writes it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestDb;
+use serde_json::Value;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Inserts one row with id 1 into each PEARL table (two users), parents first, in one transaction.
+async fn seed_pearl(db: &TestDb) {
+    db.exec(
+        "INSERT INTO users (id, username, role) VALUES (1, 'ana', 'EDITOR'), (2, 'ben', 'EDITOR');
+         INSERT INTO studies (id, study_label) VALUES (1, 'ONC-001');
+         INSERT INTO database_releases (id, study_id, database_release_label, database_release_date)
+              VALUES (1, 1, 'DBL-1', '2026-01-31');
+         INSERT INTO reporting_efforts (id, study_id, database_release_id, database_release_label)
+              VALUES (1, 1, 1, 'DBL-1');
+         INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code)
+              VALUES (1, 1, 'TLF', 'Table', 't_dm');
+         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id, production_programmer_id)
+              VALUES (1, 1, 1);
+         INSERT INTO tracker_comments (id, tracker_id, user_id, comment_text) VALUES (1, 1, 1, 'check N');
+         INSERT INTO packages (id, package_name) VALUES (1, 'core');
+         INSERT INTO package_items (id, package_id, study_id, item_type, item_subtype, item_code)
+              VALUES (1, 1, 1, 'TLF', 'Listing', 'l_ae');
+         INSERT INTO text_elements (id, type, label) VALUES (1, 'title', 'Demographics');
+         SELECT setval(pg_get_serial_sequence(t, 'id'), 100)
+           FROM unnest(ARRAY['users', 'studies', 'database_releases', 'reporting_efforts',
+                             'reporting_effort_items', 'reporting_effort_trackers', 'tracker_comments',
+                             'packages', 'package_items', 'text_elements']) t;",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+    // (table, prefix, column to update, new value)
+    let tables = [
+        ("users", "user", "department", "'Biostat'"),
+        ("studies", "study", "study_label", "'ONC-002'"),
+        (
+            "database_releases",
+            "database_release",
+            "database_release_label",
+            "'DBL-2'",
+        ),
+        (
+            "reporting_efforts",
+            "reporting_effort",
+            "database_release_label",
+            "'DBL-2'",
+        ),
+        (
+            "reporting_effort_items",
+            "reporting_effort_item",
+            "item_code",
+            "'t_dm2'",
+        ),
+        (
+            "reporting_effort_trackers",
+            "reporting_effort_tracker",
+            "production_status",
+            "'in_progress'",
+        ),
+        ("tracker_comments", "comment", "comment_text", "'fixed'"),
+        ("packages", "package", "package_name", "'core2'"),
+        ("package_items", "package_item", "item_code", "'l_ae2'"),
+        ("text_elements", "text_element", "label", "'Demography'"),
+    ];
+    seed_pearl(&db).await;
+    // seed_pearl ran as one multi-statement transaction: one seq, 11 rows in order.
+    let inserts = notes.drain(QUIET).await;
+    assert_eq!(inserts.len(), 11, "{inserts:#?}");
+    let seq = inserts[0]["seq"].as_i64().unwrap();
+    for (i, n) in inserts.iter().enumerate() {
+        assert_eq!(n["op"], "INSERT");
+        assert_eq!(n["seq"], seq);
+        assert_eq!(n["tx_index"], i);
+        assert_eq!(n["tx_size"], 11);
+        assert!(n["new"]["id"].is_i64());
+        assert!(n["old"].is_null());
+    }
+    let table_order: Vec<&str> = inserts
+        .iter()
+        .map(|n| n["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(table_order[..2], ["users", "users"]);
+
+    for (table, prefix, column, value) in tables {
+        db.exec(&format!(
+            "UPDATE {table} SET {column} = {value} WHERE id = 1"
+        ))
+        .await;
+        let n = notes.next().await;
+        assert_eq!(
+            (n["table"].as_str(), n["prefix"].as_str(), n["op"].as_str()),
+            (Some(table), Some(prefix), Some("UPDATE"))
+        );
+        assert_eq!(n["new"]["id"], 1);
+        assert_eq!(n["old"]["id"], 1);
+        assert_ne!(
+            n["new"][column], n["old"][column],
+            "{table}.{column} should differ"
+        );
+        assert_ne!(
+            n["new"]["updated_at"], n["old"]["updated_at"],
+            "{table}.updated_at is kept current"
+        );
+        assert_eq!(n["tx_size"], 1);
+        let logged = db
+            .scalar_i64(&format!("SELECT count(*) FROM pgfeed.events WHERE table_name = '{table}' AND op = 'UPDATE' AND id = {}", n["id"]))
+            .await;
+        assert_eq!(logged, 1);
+    }
+    // Children first, so each delete is one row.
+    for (table, prefix, _, _) in tables.iter().rev() {
+        db.exec(&format!("DELETE FROM {table} WHERE id = 1")).await;
+        let n = notes.next().await;
+        assert_eq!(
+            (n["table"].as_str(), n["prefix"].as_str(), n["op"].as_str()),
+            (Some(*table), Some(*prefix), Some("DELETE")),
+            "{n}"
+        );
+        assert_eq!(n["old"]["id"], 1);
+        assert!(n["new"].is_null());
+        assert_eq!(
+            n["tx_size"], 1,
+            "{table} delete touched more than one row: {n}"
+        );
+    }
+    // users: id 2 is still there; nothing else was sent.
+    assert_eq!(notes.drain(QUIET).await.len(), 0);
+    let total = db.scalar_i64("SELECT count(*) FROM pgfeed.events").await;
+    assert_eq!(total, 11 + 10 + 10);
+}
+
+#[tokio::test]
+async fn a_transaction_is_one_seq_in_statement_order_and_rollbacks_send_nothing() {
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+    db.exec(
+        "BEGIN;
+         INSERT INTO studies (study_label) VALUES ('A');
+         INSERT INTO studies (study_label) VALUES ('B');
+         UPDATE studies SET study_label = 'A1' WHERE study_label = 'A';
+         DELETE FROM studies WHERE study_label = 'B';
+         COMMIT;",
+    )
+    .await;
+    let tx = notes.drain(QUIET).await;
+    let ops: Vec<&str> = tx.iter().map(|n| n["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE"]);
+    assert!(tx
+        .iter()
+        .all(|n| n["seq"] == tx[0]["seq"] && n["tx_size"] == 4));
+    let ids: Vec<i64> = tx.iter().map(|n| n["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+
+    db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('gone'); ROLLBACK;")
+        .await;
+    assert!(
+        notes.next_within(QUIET).await.is_none(),
+        "a rolled-back transaction was announced"
+    );
+
+    db.exec(
+        "BEGIN;
+         INSERT INTO studies (study_label) VALUES ('kept-1');
+         SAVEPOINT s;
+         INSERT INTO studies (study_label) VALUES ('undone');
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO studies (study_label) VALUES ('kept-2');
+         COMMIT;",
+    )
+    .await;
+    let tx2 = notes.drain(QUIET).await;
+    let labels: Vec<&str> = tx2
+        .iter()
+        .map(|n| n["new"]["study_label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["kept-1", "kept-2"]);
+    assert_eq!(
+        tx2[0]["seq"].as_i64().unwrap(),
+        tx[0]["seq"].as_i64().unwrap() + 1,
+        "seq is gap-free"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM pgfeed.events WHERE new->>'study_label' IN ('gone', 'undone')"
+        )
+        .await,
+        0
+    );
+
+    // A savepoint rolled back after everything else: only the kept write remains.
+    db.exec("BEGIN; SAVEPOINT s; INSERT INTO studies (study_label) VALUES ('x'); ROLLBACK TO s; COMMIT;").await;
+    assert!(
+        notes.next_within(QUIET).await.is_none(),
+        "a transaction whose writes were all rolled back was announced"
+    );
+}
+
+#[tokio::test]
+async fn set_constraints_immediate_and_later_writes_keep_one_seq() {
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+    db.exec(
+        "BEGIN;
+         SET CONSTRAINTS ALL IMMEDIATE;
+         INSERT INTO studies (study_label) VALUES ('first');
+         INSERT INTO studies (study_label) VALUES ('second');
+         COMMIT;",
+    )
+    .await;
+    let tx = notes.drain(QUIET).await;
+    assert_eq!(tx.len(), 2);
+    assert_eq!(tx[0]["seq"], tx[1]["seq"]);
+    assert_eq!(
+        (tx[0]["tx_index"].as_i64(), tx[1]["tx_index"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(tx[1]["tx_size"], 2, "the final size is on the last row");
+    assert_eq!(db.scalar_i64("SELECT size FROM pgfeed.commits").await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_order() {
+    const WRITERS: usize = 8;
+    const TXS: usize = 500;
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    // A reader that can see seq N must see every seq below it: check while writes run.
+    let observer = {
+        let pool = db.pool.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !done.load(Ordering::SeqCst) {
+                let (max, count): (Option<i64>, i64) =
+                    sqlx::query_as("SELECT max(seq), count(*) FROM pgfeed.commits")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                assert_eq!(
+                    max.unwrap_or(0),
+                    count,
+                    "a later seq was visible before an earlier one"
+                );
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for i in 0..TXS {
+                    let mut tx = pool.begin().await.unwrap();
+                    let label = format!("w{w}-{i}");
+                    let (id,): (i32,) = sqlx::query_as(
+                        "INSERT INTO studies (study_label) VALUES ($1) RETURNING id",
+                    )
+                    .bind(&label)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                    sqlx::query("UPDATE studies SET study_label = $1 || '!' WHERE id = $2")
+                        .bind(&label)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    if i % 3 == 0 {
+                        tokio::task::yield_now().await; // interleave the commits
+                    }
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(observer.await.unwrap() > 0);
+
+    let mut received = Vec::new();
+    while received.len() < WRITERS * TXS * 2 {
+        received.push(notes.next().await);
+    }
+    let mut expected_seq = received[0]["seq"].as_i64().unwrap();
+    assert_eq!(expected_seq, 1);
+    for pair in received.chunks(2) {
+        assert_eq!(
+            pair[0]["seq"], expected_seq,
+            "notifications out of seq order"
+        );
+        assert_eq!(pair[1]["seq"], expected_seq);
+        assert_eq!(
+            (pair[0]["op"].as_str(), pair[1]["op"].as_str()),
+            (Some("INSERT"), Some("UPDATE"))
+        );
+        assert_eq!(
+            pair[0]["new"]["id"], pair[1]["new"]["id"],
+            "one transaction's rows are contiguous"
+        );
+        expected_seq += 1;
+    }
+    assert_eq!(expected_seq - 1, (WRITERS * TXS) as i64);
+    assert!(notes.next_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn a_one_megabyte_row_is_announced_with_fetch_and_logged_whole() {
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)").await;
+    let n = notes.next().await;
+    assert_eq!(n["fetch"], true);
+    assert!(
+        n.get("new").is_none(),
+        "an oversized payload must not carry the row"
+    );
+    assert_eq!(n["table"], "text_elements");
+    let logged = db
+        .scalar_i64(&format!(
+            "SELECT length(new->>'label') FROM pgfeed.events WHERE id = {}",
+            n["id"]
+        ))
+        .await;
+    assert_eq!(logged, 1 << 20);
+    // A row just under the limit still travels in the notification.
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('x', 7000)")
+        .await;
+    let small = notes.next().await;
+    assert!(small.get("fetch").is_none());
+    assert_eq!(small["new"]["label"].as_str().unwrap().len(), 7000);
+}
+
+#[tokio::test]
+async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
+    let db = TestDb::new().await;
+    seed_pearl(&db).await;
+    db.exec("INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'reply')").await;
+    let mut notes = db.listen().await;
+    db.exec("DELETE FROM studies WHERE id = 1").await;
+    let tx = notes.drain(QUIET).await;
+    let deleted: HashSet<&str> = tx.iter().map(|n| n["table"].as_str().unwrap()).collect();
+    for table in [
+        "studies",
+        "database_releases",
+        "reporting_efforts",
+        "reporting_effort_items",
+        "reporting_effort_trackers",
+        "tracker_comments",
+        "package_items",
+    ] {
+        assert!(
+            deleted.contains(table),
+            "no delete event for {table}: {tx:#?}"
+        );
+    }
+    assert_eq!(
+        tx.iter()
+            .filter(|n| n["table"] == "tracker_comments")
+            .count(),
+        2
+    );
+    assert!(tx
+        .iter()
+        .all(|n| n["op"] == "DELETE" && n["seq"] == tx[0]["seq"] && n["tx_size"] == tx.len()));
+    assert_eq!(tx.len(), 8);
+}
+
+#[tokio::test]
+async fn actor_track_untrack_and_truncate() {
+    let db = TestDb::new().await;
+    let mut notes = db.listen().await;
+    db.exec("BEGIN; SET LOCAL pgfeed.actor = 'user:7'; INSERT INTO studies (study_label) VALUES ('S'); COMMIT;").await;
+    assert_eq!(notes.next().await["actor"], "user:7");
+    db.exec("INSERT INTO studies (study_label) VALUES ('T')")
+        .await;
+    assert!(
+        notes.next().await["actor"].is_null(),
+        "the actor is transaction-local"
+    );
+
+    db.exec(
+        "CREATE SCHEMA lab;
+         CREATE TABLE lab.equipment (id serial PRIMARY KEY, name text NOT NULL, calibrated date);
+         SELECT pgfeed.track('lab.equipment', 'equipment');",
+    )
+    .await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pgfeed.tracked WHERE prefix = 'equipment'")
+            .await,
+        1
+    );
+    db.exec("INSERT INTO lab.equipment (name) VALUES ('centrifuge')")
+        .await;
+    let n = notes.next().await;
+    assert_eq!(
+        (n["table"].as_str(), n["prefix"].as_str(), n["op"].as_str()),
+        (Some("lab.equipment"), Some("equipment"), Some("INSERT"))
+    );
+    assert_eq!(n["new"]["name"], "centrifuge");
+
+    db.exec("TRUNCATE lab.equipment").await;
+    let t = notes.next().await;
+    assert_eq!(
+        (t["op"].as_str(), t["prefix"].as_str()),
+        (Some("TRUNCATE"), Some("equipment"))
+    );
+
+    db.exec("SELECT pgfeed.untrack('lab.equipment'); INSERT INTO lab.equipment (name) VALUES ('scale');").await;
+    assert!(
+        notes.next_within(QUIET).await.is_none(),
+        "an untracked table still sends events"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pgfeed.tracked WHERE prefix = 'equipment'")
+            .await,
+        0
+    );
+
+    let err = sqlx::query("SELECT pgfeed.track('lab.equipment', 'Bad Prefix')")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("must match"), "{err}");
+}
+
+#[tokio::test]
+async fn a_fifty_thousand_row_update_is_one_seq_and_one_summary() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g").await;
+    let mut notes = db.listen().await;
+    db.exec("UPDATE text_elements SET label = label || '!'")
+        .await;
+    let all = notes.drain(Duration::from_secs(1)).await;
+    assert_eq!(
+        all.len(),
+        1,
+        "a bulk transaction must not send a notification per row"
+    );
+    let summary: &Value = &all[0];
+    assert_eq!(summary["fetch"], true);
+    assert_eq!(summary["tx_size"], 50000);
+    assert_eq!(summary["count"], 50000);
+    let seq = summary["seq"].as_i64().unwrap();
+    let logged = db
+        .scalar_i64(&format!("SELECT count(*) FROM pgfeed.events e JOIN pgfeed.commits c USING (tx) WHERE c.seq = {seq} AND e.op = 'UPDATE'"))
+        .await;
+    assert_eq!(logged, 50000);
+}
+
+#[tokio::test]
+async fn prune_removes_old_transactions_and_nothing_newer() {
+    let db = TestDb::new().await;
+    for i in 0..10 {
+        db.exec(&format!(
+            "INSERT INTO studies (study_label) VALUES ('s{i}')"
+        ))
+        .await;
+    }
+    db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days' WHERE seq <= 4")
+        .await;
+    db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '50 minutes' WHERE seq = 5")
+        .await;
+    let removed = db
+        .scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
+        .await;
+    assert_eq!(removed, 4);
+    assert_eq!(
+        db.scalar_i64("SELECT min(seq) FROM pgfeed.commits").await,
+        5
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.events").await, 6);
+    assert_eq!(
+        db.scalar_i64("SELECT pruned_through FROM pgfeed.retention")
+            .await,
+        4
+    );
+    assert_eq!(db.scalar_i64("SELECT pgfeed.head()").await, 10);
+    assert_eq!(
+        db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
+            .await,
+        0,
+        "prune twice removes nothing more"
+    );
+    // Everything pruned: the head stays where it was.
+    db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days'")
+        .await;
+    assert_eq!(
+        db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
+            .await,
+        6
+    );
+    assert_eq!(db.scalar_i64("SELECT pgfeed.head()").await, 10);
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op_and_status_lists_everything() {
+    let db = TestDb::new().await;
+    // The template is migrated already; a database from scratch shows the first run too.
+    db.exec("CREATE SCHEMA fresh").await;
+    let admin_url = db.url.clone();
+    let fresh = format!("{}_fresh", db.name);
+    db.exec(&format!("CREATE DATABASE {fresh}")).await;
+    let fresh_url = admin_url.replace(&db.name, &fresh);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+            .args(args)
+            .env("DATABASE_URL", &fresh_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status = run(&["migrate", "--status"]);
+    assert_eq!(
+        status.matches("pending").count(),
+        pgfeed::db::MIGRATOR.iter().count(),
+        "{status}"
+    );
+    let first = run(&["migrate"]);
+    assert_eq!(
+        first.matches("applied").count(),
+        pgfeed::db::MIGRATOR.iter().count(),
+        "{first}"
+    );
+    let second = run(&["migrate"]);
+    assert!(second.contains("up to date"), "{second}");
+    let status = run(&["migrate", "--status"]);
+    assert!(!status.contains("pending"), "{status}");
+}
+
+#[test]
+fn the_embedded_cluster_starts_and_runs_unprivileged() {
+    let dir = common::scratch_dir("embedded");
+    let cluster =
+        pgfeed::db::embedded::Cluster::start(&dir, pgfeed::db::embedded::Durability::Throwaway)
+            .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        pgfeed::db::create_database(&cluster.url("postgres"), "pgfeed")
+            .await
+            .unwrap();
+        let pool = pgfeed::db::pool(&cluster.url("pgfeed"), 1).await.unwrap();
+        let applied = pgfeed::db::migrate(&pool).await.unwrap();
+        assert_eq!(applied.len(), pgfeed::db::MIGRATOR.iter().count());
+        let version: i64 =
+            sqlx::query_scalar("SELECT current_setting('server_version_num')::bigint")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(version >= 130000);
+        pool.close().await;
+    });
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cluster.data_dir()).unwrap());
+    if nix::unistd::geteuid().is_root() {
+        assert_ne!(
+            owner, 0,
+            "as root, the cluster must belong to an unprivileged user"
+        );
+    }
+    drop(cluster);
+}

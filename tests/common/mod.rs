@@ -1,0 +1,323 @@
+//! Shared test harness: one private Postgres cluster per test binary, one fresh
+//! migrated database per test (cloned from a migrated template), servers on
+//! port 0 and real WebSocket clients.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio_tungstenite::tungstenite::Message;
+
+use pgfeed::db::{self, embedded};
+use pgfeed::server::{self, Running, Settings};
+
+const TEMPLATE: &str = "pgfeed_template";
+
+/// Where the binary's cluster listens.
+struct Shared {
+    admin_url: String,
+    template_ready: bool,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+/// A folder for a test cluster; removes the folders of test runs that have ended.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix("pgfeed-test-") else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    root.join(format!("pgfeed-test-{}-{tag}", std::process::id()))
+}
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The cluster belongs to a thread that lives as long as the test binary:
+        // Postgres is stopped by a parent-death signal when that thread ends.
+        std::thread::spawn(move || {
+            let cluster =
+                embedded::Cluster::start(&scratch_dir("shared"), embedded::Durability::Throwaway)
+                    .expect("starting the test cluster");
+            let admin_url = cluster.url("postgres");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                db::create_database(&admin_url, TEMPLATE)
+                    .await
+                    .expect("creating the template database");
+                let pool = db::pool(&cluster.url(TEMPLATE), 1).await.unwrap();
+                db::migrate(&pool)
+                    .await
+                    .expect("migrating the template database");
+                pool.close().await;
+            });
+            tx.send(admin_url).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let admin_url = rx
+            .recv()
+            .expect("the test cluster thread failed; see the panic above");
+        Shared {
+            admin_url,
+            template_ready: true,
+        }
+    })
+}
+
+/// A fresh, migrated database of its own.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let shared = shared();
+        let name = format!(
+            "test_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&shared.admin_url)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = format!("{}/{name}", shared.admin_url.rsplit_once('/').unwrap().0);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb { name, url, pool }
+    }
+
+    /// Runs SQL as a writer would (a plain connection, simple-query protocol).
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT ({sql})::bigint"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A LISTEN on channel pgfeed, as a raw client would.
+    pub async fn listen(&self) -> Notifications {
+        let mut listener = PgListener::connect(&self.url).await.unwrap();
+        listener.listen("pgfeed").await.unwrap();
+        Notifications { listener }
+    }
+
+    pub async fn server(&self) -> Running {
+        self.server_with(Settings::default()).await
+    }
+
+    pub async fn server_with(&self, settings: Settings) -> Running {
+        let running = server::start(&self.url, settings)
+            .await
+            .expect("starting the server");
+        wait_ready(&running).await;
+        running
+    }
+}
+
+/// Waits until the server's listener is connected and caught up.
+pub async fn wait_ready(running: &Running) {
+    let url = format!("http://{}/readyz", running.addr);
+    for _ in 0..500 {
+        if running.state.ready.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server at {url} never became ready");
+}
+
+pub struct Notifications {
+    pub listener: PgListener,
+}
+
+impl Notifications {
+    /// The next payload as JSON, or None after `wait` of silence.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        match tokio::time::timeout(wait, self.listener.recv()).await {
+            Ok(Ok(n)) => Some(serde_json::from_str(n.payload()).expect("notification is JSON")),
+            Ok(Err(e)) => panic!("listener: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("no notification within 10 s")
+    }
+
+    /// Every notification until `quiet` passes without one.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut all = Vec::new();
+        while let Some(n) = self.next_within(quiet).await {
+            all.push(n);
+        }
+        all
+    }
+}
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A real WebSocket client.
+pub struct Client {
+    pub socket: Socket,
+}
+
+impl Client {
+    pub async fn connect(running: &Running, path: &str) -> Client {
+        let url = format!("ws://{}{}", running.addr, path);
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Client { socket }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.socket.send(message).await.unwrap();
+    }
+
+    /// The next text message as JSON, or the close frame as `{"close": code}`; None after `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(serde_json::json!({"close": frame.map(|f| u16::from(f.code))}))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(serde_json::json!({"error": e.to_string()})),
+                None => return Some(serde_json::json!({"closed": true})),
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(15))
+            .await
+            .expect("no message within 15 s")
+    }
+
+    /// The next message whose type is not in `skip`.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self.next().await;
+            if message["type"] == kind {
+                return message;
+            }
+            assert!(
+                message.get("close").is_none() && message.get("closed").is_none(),
+                "closed while waiting for {kind}: {message}"
+            );
+        }
+    }
+
+    /// Events (messages with a seq and a table) until `count` have arrived.
+    pub async fn events(&mut self, count: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(count);
+        while events.len() < count {
+            let message = self.next().await;
+            assert!(
+                message.get("close").is_none() && message.get("closed").is_none(),
+                "closed after {} events: {message}",
+                events.len()
+            );
+            if message.get("table").is_some() && message.get("op").is_some() {
+                events.push(message);
+            }
+        }
+        events
+    }
+
+    /// Sends `subscribe` and waits for `subscribed`.
+    pub async fn subscribe(&mut self, subscription: Value) -> Value {
+        let mut message = subscription;
+        message["action"] = "subscribe".into();
+        self.send(message).await;
+        self.next_of("subscribed").await
+    }
+}
+
+/// Checks a list of events is whole transactions in strictly increasing seq order.
+pub fn assert_commit_order(events: &[Value]) {
+    let mut previous = (0i64, -1i64);
+    for event in events {
+        if event.get("derived").is_some() {
+            continue;
+        }
+        let seq = event["seq"].as_i64().unwrap();
+        let index = event["tx_index"].as_i64().unwrap();
+        if seq == previous.0 {
+            assert_eq!(
+                index,
+                previous.1 + 1,
+                "events of seq {seq} out of statement order"
+            );
+        } else {
+            assert!(
+                seq > previous.0,
+                "seq went backwards: {} then {seq}",
+                previous.0
+            );
+            assert_eq!(
+                index, 0,
+                "transaction {seq} did not start at its first event"
+            );
+        }
+        previous = (seq, index);
+    }
+}
