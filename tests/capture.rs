@@ -13,32 +13,6 @@ use serde_json::Value;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Inserts one row with id 1 into each PEARL table (two users), parents first, in one transaction.
-async fn seed_pearl(db: &TestDb) {
-    db.exec(
-        "INSERT INTO users (id, username, role) VALUES (1, 'ana', 'EDITOR'), (2, 'ben', 'EDITOR');
-         INSERT INTO studies (id, study_label) VALUES (1, 'ONC-001');
-         INSERT INTO database_releases (id, study_id, database_release_label, database_release_date)
-              VALUES (1, 1, 'DBL-1', '2026-01-31');
-         INSERT INTO reporting_efforts (id, study_id, database_release_id, database_release_label)
-              VALUES (1, 1, 1, 'DBL-1');
-         INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code)
-              VALUES (1, 1, 'TLF', 'Table', 't_dm');
-         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id, production_programmer_id)
-              VALUES (1, 1, 1);
-         INSERT INTO tracker_comments (id, tracker_id, user_id, comment_text) VALUES (1, 1, 1, 'check N');
-         INSERT INTO packages (id, package_name) VALUES (1, 'core');
-         INSERT INTO package_items (id, package_id, study_id, item_type, item_subtype, item_code)
-              VALUES (1, 1, 1, 'TLF', 'Listing', 'l_ae');
-         INSERT INTO text_elements (id, type, label) VALUES (1, 'title', 'Demographics');
-         SELECT setval(pg_get_serial_sequence(t, 'id'), 100)
-           FROM unnest(ARRAY['users', 'studies', 'database_releases', 'reporting_efforts',
-                             'reporting_effort_items', 'reporting_effort_trackers', 'tracker_comments',
-                             'packages', 'package_items', 'text_elements']) t;",
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
     let db = TestDb::new().await;
@@ -76,7 +50,7 @@ async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
         ("package_items", "package_item", "item_code", "'l_ae2'"),
         ("text_elements", "text_element", "label", "'Demography'"),
     ];
-    seed_pearl(&db).await;
+    common::seed_pearl(&db).await;
     // seed_pearl ran as one multi-statement transaction: one seq, 11 rows in order.
     let inserts = notes.drain(QUIET).await;
     assert_eq!(inserts.len(), 11, "{inserts:#?}");
@@ -352,7 +326,7 @@ async fn a_one_megabyte_row_is_announced_with_fetch_and_logged_whole() {
 #[tokio::test]
 async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
     let db = TestDb::new().await;
-    seed_pearl(&db).await;
+    common::seed_pearl(&db).await;
     db.exec("INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'reply')").await;
     let mut notes = db.listen().await;
     db.exec("DELETE FROM studies WHERE id = 1").await;

@@ -180,9 +180,15 @@ impl Cluster {
                     );
                 }
             }
-            // Ready means the postmaster accepts connections on its socket file.
-            let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.port));
-            if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            // The postmaster writes its state on the 8th line of postmaster.pid;
+            // "ready" means it accepts connections.
+            let pid_file =
+                fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
+            if pid_file
+                .lines()
+                .nth(7)
+                .is_some_and(|status| status.trim() == "ready")
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -321,3 +321,46 @@ pub fn assert_commit_order(events: &[Value]) {
         previous = (seq, index);
     }
 }
+
+/// Inserts one row with id 1 into each PEARL table (two users), parents first, in one transaction.
+pub async fn seed_pearl(db: &TestDb) {
+    db.exec(
+        "INSERT INTO users (id, username, role) VALUES (1, 'ana', 'EDITOR'), (2, 'ben', 'EDITOR');
+         INSERT INTO studies (id, study_label) VALUES (1, 'ONC-001');
+         INSERT INTO database_releases (id, study_id, database_release_label, database_release_date)
+              VALUES (1, 1, 'DBL-1', '2026-01-31');
+         INSERT INTO reporting_efforts (id, study_id, database_release_id, database_release_label)
+              VALUES (1, 1, 1, 'DBL-1');
+         INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code)
+              VALUES (1, 1, 'TLF', 'Table', 't_dm');
+         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id, production_programmer_id)
+              VALUES (1, 1, 1);
+         INSERT INTO tracker_comments (id, tracker_id, user_id, comment_text) VALUES (1, 1, 1, 'check N');
+         INSERT INTO packages (id, package_name) VALUES (1, 'core');
+         INSERT INTO package_items (id, package_id, study_id, item_type, item_subtype, item_code)
+              VALUES (1, 1, 1, 'TLF', 'Listing', 'l_ae');
+         INSERT INTO text_elements (id, type, label) VALUES (1, 'title', 'Demographics');
+         SELECT setval(pg_get_serial_sequence(t, 'id'), 100)
+           FROM unnest(ARRAY['users', 'studies', 'database_releases', 'reporting_efforts',
+                             'reporting_effort_items', 'reporting_effort_trackers', 'tracker_comments',
+                             'packages', 'package_items', 'text_elements']) t;",
+    )
+    .await;
+}
+
+/// A plain HTTP/1.1 GET against the server: (status, body).
+pub async fn http_get(running: &Running, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,627 @@
+//! The live feed (DESIGN §3, §4, guarantees 1–3): real server, real WebSocket
+//! clients, writes made with plain SQL from separate connections.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{assert_commit_order, seed_pearl, Client, TestDb};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn an_unmodified_pearl_client_gets_studies_update_pong_refresh_and_events() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-001'), ('ONC-002')")
+        .await;
+    let server = db.server().await;
+    let mut pearl = Client::connect(&server, "/api/v1/ws/studies").await;
+
+    let hello = pearl.next().await;
+    assert_eq!(hello["type"], "studies_update");
+    let labels: Vec<&str> = hello["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["ONC-001", "ONC-002"]);
+
+    pearl.send(json!({"action": "ping"})).await;
+    assert_eq!(pearl.next().await, json!({"type": "pong"}));
+
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-003')")
+        .await;
+    let created = pearl.next().await;
+    assert_eq!(created["type"], "study_created");
+    assert_eq!(created["data"]["study_label"], "ONC-003");
+    assert!(created["timestamp"].as_str().unwrap().ends_with('Z'));
+    let id = created["data"]["id"].as_i64().unwrap();
+
+    db.exec(&format!(
+        "UPDATE studies SET study_label = 'ONC-003b' WHERE id = {id}"
+    ))
+    .await;
+    let updated = pearl.next().await;
+    assert_eq!(updated["type"], "study_updated");
+    assert_eq!(updated["data"]["study_label"], "ONC-003b");
+    let changed: Vec<&str> = updated["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(changed.contains(&"study_label"), "{changed:?}");
+    assert!(!changed.contains(&"id"));
+
+    db.exec(&format!("DELETE FROM studies WHERE id = {id}"))
+        .await;
+    let deleted = pearl.next().await;
+    assert_eq!(deleted["type"], "study_deleted");
+    assert_eq!(deleted["data"]["id"], id);
+    assert!(
+        created["seq"].as_i64() < updated["seq"].as_i64()
+            && updated["seq"].as_i64() < deleted["seq"].as_i64()
+    );
+
+    pearl.send(json!({"action": "refresh"})).await;
+    let refreshed = pearl.next().await;
+    assert_eq!(refreshed["type"], "studies_update");
+    assert_eq!(refreshed["data"].as_array().unwrap().len(), 2);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_pearl_entity_and_every_derived_event() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let mut client = Client::connect(&server, "/ws").await;
+    assert_eq!(client.next().await["type"], "connected");
+    client.subscribe(json!({})).await;
+
+    seed_pearl(&db).await;
+    let seeded = client.events(11).await;
+    assert_commit_order(&seeded);
+    let kinds: Vec<&str> = seeded.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "user_created",
+            "user_created",
+            "study_created",
+            "database_release_created",
+            "reporting_effort_created",
+            "reporting_effort_item_created",
+            "reporting_effort_tracker_created",
+            "comment_created",
+            "package_created",
+            "package_item_created",
+            "text_element_created"
+        ]
+    );
+    let comment = &seeded[7];
+    assert_eq!(comment["data"]["comment_text"], "check N");
+    assert_eq!(comment["unresolved_count"], 1);
+    assert_eq!(seeded[6]["data"]["production_programmer_id"], 1);
+
+    // A reply: comment_created with the count, then comment_replied.
+    db.exec("INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'done?')").await;
+    let reply = client.events(2).await;
+    assert_eq!(reply[0]["type"], "comment_created");
+    assert_eq!(reply[0]["unresolved_count"], 2);
+    assert_eq!(reply[1]["type"], "comment_replied");
+    assert_eq!(reply[1]["data"]["parent_comment_id"], 1);
+    assert_eq!(reply[1]["derived"], true);
+    assert_eq!(reply[1]["seq"], reply[0]["seq"]);
+
+    // Resolving: comment_updated, then comment_resolved; the count drops.
+    db.exec("UPDATE tracker_comments SET is_resolved = true, resolved_by_user_id = 2, resolved_at = now() WHERE id = 1").await;
+    let resolved = client.events(2).await;
+    assert_eq!(resolved[0]["type"], "comment_updated");
+    assert_eq!(resolved[0]["unresolved_count"], 1);
+    assert_eq!(resolved[1]["type"], "comment_resolved");
+    assert_eq!(resolved[1]["data"]["id"], 1);
+
+    // A new QC programmer: tracker updated, then tracker_assignment_updated.
+    db.exec("UPDATE reporting_effort_trackers SET qc_programmer_id = 2 WHERE id = 1")
+        .await;
+    let assigned = client.events(2).await;
+    assert_eq!(assigned[0]["type"], "reporting_effort_tracker_updated");
+    assert_eq!(assigned[1]["type"], "tracker_assignment_updated");
+    assert_eq!(assigned[1]["data"]["qc_programmer_id"], 2);
+    // A status change is not an assignment.
+    db.exec("UPDATE reporting_effort_trackers SET production_status = 'completed' WHERE id = 1")
+        .await;
+    let status = client.events(1).await;
+    assert_eq!(status[0]["type"], "reporting_effort_tracker_updated");
+
+    // Updates and deletes of every entity, each with its prefix.
+    for (table, prefix, set) in [
+        ("users", "user", "department = 'Stats'"),
+        (
+            "database_releases",
+            "database_release",
+            "database_release_label = 'DBL-2'",
+        ),
+        (
+            "reporting_efforts",
+            "reporting_effort",
+            "database_release_label = 'DBL-2'",
+        ),
+        (
+            "reporting_effort_items",
+            "reporting_effort_item",
+            "is_active = false",
+        ),
+        ("packages", "package", "therapeutic_area = 'Oncology'"),
+        ("package_items", "package_item", "item_code = 'l_ae2'"),
+        ("text_elements", "text_element", "label = 'Demography'"),
+    ] {
+        db.exec(&format!("UPDATE {table} SET {set} WHERE id = 1"))
+            .await;
+        let e = client.events(1).await;
+        assert_eq!(e[0]["type"], format!("{prefix}_updated"));
+        assert_eq!(e[0]["table"], table);
+    }
+    db.exec("DELETE FROM packages WHERE id = 1").await;
+    let gone = client.events(2).await;
+    // The parent first, then what the cascade removed, in one transaction.
+    assert_eq!(gone[0]["type"], "package_deleted");
+    assert_eq!(gone[0]["data"]["id"], 1);
+    assert_eq!(gone[1]["type"], "package_item_deleted");
+    assert_eq!(gone[1]["seq"], gone[0]["seq"]);
+
+    // A column added by a DBA: still delivered (generic), and counted.
+    db.exec(
+        "ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1",
+    )
+    .await;
+    let drifted = client.events(1).await;
+    assert_eq!(drifted[0]["type"], "study_updated");
+    assert_eq!(drifted[0]["data"]["phase"], "III");
+    assert!(server.state.metrics.events_untyped.load(Ordering::Relaxed) >= 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let mut studies = Client::connect(&server, "/ws").await;
+    let mut comments_on_2 = Client::connect(&server, "/ws").await;
+    let mut only_deletes = Client::connect(&server, "/ws").await;
+    let mut nothing = Client::connect(&server, "/ws").await;
+    for c in [
+        &mut studies,
+        &mut comments_on_2,
+        &mut only_deletes,
+        &mut nothing,
+    ] {
+        c.next_of("connected").await;
+    }
+    studies.subscribe(json!({"tables": ["studies"]})).await;
+    comments_on_2.subscribe(json!({"tables": ["tracker_comments"], "where": {"tracker_id": [2, 3], "is_resolved": false}})).await;
+    only_deletes
+        .subscribe(json!({"types": ["study_deleted", "user_deleted"]}))
+        .await;
+
+    seed_pearl(&db).await;
+    db.exec(
+        "INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code) VALUES (2, 1, 'TLF', 'Table', 't_ae');
+         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id) VALUES (2, 2);",
+    )
+    .await;
+    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'on two'), (1, 'on one')").await;
+    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text, is_resolved) VALUES (2, 'resolved already', true)").await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-009')")
+        .await;
+    db.exec("DELETE FROM users WHERE id = 2").await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('last')")
+        .await;
+
+    let s = studies.events(2).await;
+    assert_eq!(
+        (
+            s[0]["data"]["study_label"].as_str(),
+            s[1]["data"]["study_label"].as_str()
+        ),
+        (Some("ONC-001"), Some("ONC-009"))
+    );
+    assert_eq!(studies.events(1).await[0]["data"]["study_label"], "last");
+
+    let c = comments_on_2.events(1).await;
+    assert_eq!(c[0]["data"]["comment_text"], "on two");
+    let d = only_deletes.events(1).await;
+    assert_eq!(d[0]["type"], "user_deleted");
+    assert_eq!(d[0]["data"]["id"], 2);
+
+    // Nothing else arrived: after a marker write, the next message is the marker.
+    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'marker')")
+        .await;
+    assert_eq!(
+        comments_on_2.events(1).await[0]["data"]["comment_text"],
+        "marker"
+    );
+    db.exec("DELETE FROM studies WHERE study_label = 'last'")
+        .await;
+    assert_eq!(only_deletes.events(1).await[0]["type"], "study_deleted");
+    assert!(
+        nothing
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "an unsubscribed client got events"
+    );
+
+    // unsubscribe stops the flow.
+    studies.send(json!({"action": "unsubscribe"})).await;
+    studies.next_of("unsubscribed").await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('unseen')")
+        .await;
+    assert!(studies
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_handoff_is_exact_while_writers_run() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO studies (study_label) SELECT 'S' || g FROM generate_series(1, 200) g")
+        .await;
+    let server = db.server().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = db.pool.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    // inserts, updates and deletes, with other tables mixed in
+                    let sql = match i % 4 {
+                        0 => format!("INSERT INTO studies (study_label) VALUES ('w{w}-{i}')"),
+                        1 => format!("UPDATE studies SET study_label = study_label || '+' WHERE id = (SELECT min(id) + {w} FROM studies)"),
+                        2 => format!("INSERT INTO text_elements (type, label) VALUES ('title', 'w{w}-{i}')"),
+                        _ => format!("DELETE FROM studies WHERE id = (SELECT max(id) - {w} FROM studies)"),
+                    };
+                    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut client = Client::connect(&server, "/ws").await;
+    client.next_of("connected").await;
+    client.subscribe(json!({"tables": ["studies"]})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .send(json!({"action": "snapshot", "table": "studies"}))
+        .await;
+    // Events before the snapshot reply belong to before it; rebuild from the snapshot on.
+    let snapshot = client.next_of("snapshot").await;
+    let watermark = snapshot["seq"].as_i64().unwrap();
+    let mut rows: BTreeMap<i64, Value> = snapshot["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // A final marker write tells us when everything has arrived.
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker')")
+        .await;
+    let mut applied = 0;
+    loop {
+        let event = client.next().await;
+        if event.get("op").is_none() {
+            continue;
+        }
+        assert!(
+            event["seq"].as_i64().unwrap() > watermark,
+            "event at or below the watermark: {event}"
+        );
+        let id = event["data"]["id"].as_i64().unwrap();
+        match event["op"].as_str().unwrap() {
+            "DELETE" => assert!(
+                rows.remove(&id).is_some(),
+                "delete of a row the snapshot did not have: {event}"
+            ),
+            "INSERT" => assert!(
+                rows.insert(id, event["data"].clone()).is_none(),
+                "insert of a row the snapshot had: {event}"
+            ),
+            _ => assert!(
+                rows.insert(id, event["data"].clone()).is_some(),
+                "update of a row the snapshot lacked: {event}"
+            ),
+        }
+        applied += 1;
+        if event["data"]["study_label"] == "marker" {
+            break;
+        }
+    }
+    assert!(
+        applied > 1,
+        "the writers should have run during the handoff"
+    );
+    let table: Vec<(i32, String)> =
+        sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let rebuilt: Vec<(i32, String)> = rows
+        .values()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap() as i32,
+                r["study_label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rebuilt, table,
+        "snapshot + events after the watermark must equal the table"
+    );
+
+    // The HTTP snapshot carries the same watermark semantics.
+    let (status, body) = common::http_get(&server, "/api/v1/studies").await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["rows"].as_array().unwrap().len(), table.len());
+    assert_eq!(
+        body["seq"].as_i64().unwrap(),
+        db.scalar_i64("SELECT pgfeed.head()").await
+    );
+    let (status, _) = common::http_get(&server, "/api/v1/pg_authid").await;
+    assert_eq!(status, 404, "only tracked tables are served");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn five_thousand_events_from_eight_writers_reach_three_clients_identically() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&server, "/ws").await;
+        c.next_of("connected").await;
+        c.subscribe(json!({})).await;
+        clients.push(c);
+    }
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for i in 0..625 {
+                    let sql = if i % 5 == 4 {
+                        format!("BEGIN; INSERT INTO text_elements (type, label) VALUES ('title', 'w{w}-{i}'); UPDATE text_elements SET label = label || '!' WHERE label = 'w{w}-{i}'; COMMIT;")
+                    } else {
+                        format!("INSERT INTO text_elements (type, label) VALUES ('footnote', 'w{w}-{i}')")
+                    };
+                    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let expected = 8 * (500 + 125 * 2);
+    let mut streams = Vec::new();
+    for c in clients.iter_mut() {
+        let events = c.events(expected).await;
+        assert_commit_order(&events);
+        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        let mut distinct = seqs.clone();
+        distinct.dedup();
+        assert!(
+            distinct.windows(2).all(|w| w[1] == w[0] + 1),
+            "gap in the seq stream"
+        );
+        assert_eq!(distinct.len(), 8 * 625);
+        streams.push(
+            events
+                .iter()
+                .map(|e| {
+                    (
+                        e["seq"].as_i64().unwrap(),
+                        e["data"]["label"].clone(),
+                        e["op"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(streams[0], streams[1]);
+    assert_eq!(streams[1], streams[2]);
+    for c in clients.iter_mut() {
+        assert!(
+            c.next_within(Duration::from_millis(300)).await.is_none(),
+            "a duplicate arrived"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_one_megabyte_row_arrives_whole_and_a_fifty_thousand_row_update_arrives_in_order() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g").await;
+    let server = db.server().await;
+    let mut client = Client::connect(&server, "/ws").await;
+    client.next_of("connected").await;
+    client.subscribe(json!({"tables": ["text_elements"]})).await;
+
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)").await;
+    let big = client.events(1).await;
+    assert_eq!(big[0]["data"]["label"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(
+        big[0]["data"]["label"].as_str().unwrap(),
+        "0123456789abcdef".repeat(65536)
+    );
+
+    db.exec("UPDATE text_elements SET label = label || '!' WHERE type = 'title'")
+        .await;
+    let bulk = client.events(50000).await;
+    assert_commit_order(&bulk);
+    assert!(bulk.iter().all(|e| e["seq"] == bulk[0]["seq"]
+        && e["tx_size"] == 50000
+        && e["type"] == "text_element_updated"));
+    assert_eq!(bulk[49999]["tx_index"], 49999);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
+    let db = TestDb::new().await;
+    let settings = pgfeed::server::Settings {
+        limits: pgfeed::http::Limits {
+            max_frame: 16 * 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = db.server_with(settings).await;
+    let mut bystander = Client::connect(&server, "/ws").await;
+    bystander.next_of("connected").await;
+    bystander.subscribe(json!({"tables": ["studies"]})).await;
+
+    let mut client = Client::connect(&server, "/ws").await;
+    client.next_of("connected").await;
+    for (input, expect) in [
+        ("{not json", "cannot read"),
+        (r#"{"action":"fly"}"#, "unknown variant"),
+        (r#"{"no_action":1}"#, "missing field"),
+        (
+            r#"{"action":"subscribe","tables":"studies"}"#,
+            "invalid type",
+        ),
+        (r#"{"action":"resume","after":"x"}"#, "invalid type"),
+        ("[]", "cannot read"),
+    ] {
+        client.send_raw(Message::Text(input.into())).await;
+        let reply = client.next().await;
+        assert_eq!(reply["type"], "error", "{input} → {reply}");
+        assert_eq!(reply["code"], "bad_request");
+        assert!(
+            reply["message"].as_str().unwrap().contains(expect),
+            "{input} → {reply}"
+        );
+    }
+    client
+        .send(json!({"action": "snapshot", "table": "no_such_table"}))
+        .await;
+    assert_eq!(client.next().await["code"], "not_found");
+    client
+        .send(json!({"action": "snapshot", "table": "studies; DROP TABLE studies"}))
+        .await;
+    assert_eq!(client.next().await["code"], "not_found");
+    client
+        .send_raw(Message::Binary(vec![0u8, 1, 2].into()))
+        .await;
+    let reply = client.next().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    client.send(json!({"action": "ping"})).await;
+    assert_eq!(
+        client.next().await["type"],
+        "pong",
+        "the connection lives on after bad input"
+    );
+
+    // Too big: 1009, and only this connection is closed.
+    client
+        .send_raw(Message::Text("x".repeat(64 * 1024).into()))
+        .await;
+    let closed = client.next().await;
+    assert_eq!(closed["close"], 1009, "{closed}");
+
+    db.exec("INSERT INTO studies (study_label) VALUES ('still here')")
+        .await;
+    assert_eq!(
+        bystander.events(1).await[0]["data"]["study_label"],
+        "still here"
+    );
+    let (status, body) = common::http_get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("pgfeed_client_errors_total"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_with_embedded_postgres_sends_1001_on_sigterm_and_exits_0() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = common::scratch_dir("serve");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("PGFEED_DATA_DIR", &dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut psql = None;
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("serve exited");
+        if line.contains("psql") {
+            psql = Some(line.clone());
+        }
+        if let Some(rest) = line.strip_prefix("pgfeed listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let psql = psql.expect("serve prints the psql command");
+    let port = psql
+        .split(" -p ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let mut client = Client { socket };
+    client.next_of("connected").await;
+    client.subscribe(json!({})).await;
+
+    // A write from an ordinary client of the printed database arrives.
+    let writer = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:{port}/pgfeed"))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO studies (study_label) VALUES ('via psql')")
+        .execute(&writer)
+        .await
+        .unwrap();
+    assert_eq!(client.events(1).await[0]["data"]["study_label"], "via psql");
+    writer.close().await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(client.next().await["close"], 1001);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
