@@ -111,11 +111,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
             tracing::error!(error = %format!("{err:#}"), "listener stopped");
         }
     });
-    background.spawn(prune_periodically(
-        pool.clone(),
-        settings.retention,
-        shutdown.clone(),
-    ));
+    background.spawn(prune_periodically(pool.clone(), settings.retention, shutdown.clone()));
 
     let tcp = tokio::net::TcpListener::bind(settings.bind)
         .await
@@ -171,8 +167,8 @@ async fn prune_periodically(pool: sqlx::PgPool, retention: Duration, shutdown: C
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

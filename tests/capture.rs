@@ -63,17 +63,12 @@ async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
         assert!(n["new"]["id"].is_i64());
         assert!(n["old"].is_null());
     }
-    let table_order: Vec<&str> = inserts
-        .iter()
-        .map(|n| n["table"].as_str().unwrap())
-        .collect();
+    let table_order: Vec<&str> = inserts.iter().map(|n| n["table"].as_str().unwrap()).collect();
     assert_eq!(table_order[..2], ["users", "users"]);
 
     for (table, prefix, column, value) in tables {
-        db.exec(&format!(
-            "UPDATE {table} SET {column} = {value} WHERE id = 1"
-        ))
-        .await;
+        db.exec(&format!("UPDATE {table} SET {column} = {value} WHERE id = 1"))
+            .await;
         let n = notes.next().await;
         assert_eq!(
             (n["table"].as_str(), n["prefix"].as_str(), n["op"].as_str()),
@@ -81,17 +76,17 @@ async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
         );
         assert_eq!(n["new"]["id"], 1);
         assert_eq!(n["old"]["id"], 1);
-        assert_ne!(
-            n["new"][column], n["old"][column],
-            "{table}.{column} should differ"
-        );
+        assert_ne!(n["new"][column], n["old"][column], "{table}.{column} should differ");
         assert_ne!(
             n["new"]["updated_at"], n["old"]["updated_at"],
             "{table}.updated_at is kept current"
         );
         assert_eq!(n["tx_size"], 1);
         let logged = db
-            .scalar_i64(&format!("SELECT count(*) FROM pgfeed.events WHERE table_name = '{table}' AND op = 'UPDATE' AND id = {}", n["id"]))
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM pgfeed.events WHERE table_name = '{table}' AND op = 'UPDATE' AND id = {}",
+                n["id"]
+            ))
             .await;
         assert_eq!(logged, 1);
     }
@@ -106,10 +101,7 @@ async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
         );
         assert_eq!(n["old"]["id"], 1);
         assert!(n["new"].is_null());
-        assert_eq!(
-            n["tx_size"], 1,
-            "{table} delete touched more than one row: {n}"
-        );
+        assert_eq!(n["tx_size"], 1, "{table} delete touched more than one row: {n}");
     }
     // users: id 2 is still there; nothing else was sent.
     assert_eq!(notes.drain(QUIET).await.len(), 0);
@@ -133,9 +125,7 @@ async fn a_transaction_is_one_seq_in_statement_order_and_rollbacks_send_nothing(
     let tx = notes.drain(QUIET).await;
     let ops: Vec<&str> = tx.iter().map(|n| n["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE"]);
-    assert!(tx
-        .iter()
-        .all(|n| n["seq"] == tx[0]["seq"] && n["tx_size"] == 4));
+    assert!(tx.iter().all(|n| n["seq"] == tx[0]["seq"] && n["tx_size"] == 4));
     let ids: Vec<i64> = tx.iter().map(|n| n["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
@@ -157,10 +147,7 @@ async fn a_transaction_is_one_seq_in_statement_order_and_rollbacks_send_nothing(
     )
     .await;
     let tx2 = notes.drain(QUIET).await;
-    let labels: Vec<&str> = tx2
-        .iter()
-        .map(|n| n["new"]["study_label"].as_str().unwrap())
-        .collect();
+    let labels: Vec<&str> = tx2.iter().map(|n| n["new"]["study_label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["kept-1", "kept-2"]);
     assert_eq!(
         tx2[0]["seq"].as_i64().unwrap(),
@@ -168,15 +155,14 @@ async fn a_transaction_is_one_seq_in_statement_order_and_rollbacks_send_nothing(
         "seq is gap-free"
     );
     assert_eq!(
-        db.scalar_i64(
-            "SELECT count(*) FROM pgfeed.events WHERE new->>'study_label' IN ('gone', 'undone')"
-        )
-        .await,
+        db.scalar_i64("SELECT count(*) FROM pgfeed.events WHERE new->>'study_label' IN ('gone', 'undone')")
+            .await,
         0
     );
 
     // A savepoint rolled back after everything else: only the kept write remains.
-    db.exec("BEGIN; SAVEPOINT s; INSERT INTO studies (study_label) VALUES ('x'); ROLLBACK TO s; COMMIT;").await;
+    db.exec("BEGIN; SAVEPOINT s; INSERT INTO studies (study_label) VALUES ('x'); ROLLBACK TO s; COMMIT;")
+        .await;
     assert!(
         notes.next_within(QUIET).await.is_none(),
         "a transaction whose writes were all rolled back was announced"
@@ -221,16 +207,11 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
         tokio::spawn(async move {
             let mut checks = 0;
             while !done.load(Ordering::SeqCst) {
-                let (max, count): (Option<i64>, i64) =
-                    sqlx::query_as("SELECT max(seq), count(*) FROM pgfeed.commits")
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
-                assert_eq!(
-                    max.unwrap_or(0),
-                    count,
-                    "a later seq was visible before an earlier one"
-                );
+                let (max, count): (Option<i64>, i64) = sqlx::query_as("SELECT max(seq), count(*) FROM pgfeed.commits")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(max.unwrap_or(0), count, "a later seq was visible before an earlier one");
                 checks += 1;
             }
             checks
@@ -243,13 +224,11 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
                 for i in 0..TXS {
                     let mut tx = pool.begin().await.unwrap();
                     let label = format!("w{w}-{i}");
-                    let (id,): (i32,) = sqlx::query_as(
-                        "INSERT INTO studies (study_label) VALUES ($1) RETURNING id",
-                    )
-                    .bind(&label)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .unwrap();
+                    let (id,): (i32,) = sqlx::query_as("INSERT INTO studies (study_label) VALUES ($1) RETURNING id")
+                        .bind(&label)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
                     sqlx::query("UPDATE studies SET study_label = $1 || '!' WHERE id = $2")
                         .bind(&label)
                         .bind(id)
@@ -277,10 +256,7 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
     let mut expected_seq = received[0]["seq"].as_i64().unwrap();
     assert_eq!(expected_seq, 1);
     for pair in received.chunks(2) {
-        assert_eq!(
-            pair[0]["seq"], expected_seq,
-            "notifications out of seq order"
-        );
+        assert_eq!(pair[0]["seq"], expected_seq, "notifications out of seq order");
         assert_eq!(pair[1]["seq"], expected_seq);
         assert_eq!(
             (pair[0]["op"].as_str(), pair[1]["op"].as_str()),
@@ -300,13 +276,11 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
 async fn a_one_megabyte_row_is_announced_with_fetch_and_logged_whole() {
     let db = TestDb::new().await;
     let mut notes = db.listen().await;
-    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)").await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)")
+        .await;
     let n = notes.next().await;
     assert_eq!(n["fetch"], true);
-    assert!(
-        n.get("new").is_none(),
-        "an oversized payload must not carry the row"
-    );
+    assert!(n.get("new").is_none(), "an oversized payload must not carry the row");
     assert_eq!(n["table"], "text_elements");
     let logged = db
         .scalar_i64(&format!(
@@ -327,7 +301,10 @@ async fn a_one_megabyte_row_is_announced_with_fetch_and_logged_whole() {
 async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
     let db = TestDb::new().await;
     common::seed_pearl(&db).await;
-    db.exec("INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'reply')").await;
+    db.exec(
+        "INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'reply')",
+    )
+    .await;
     let mut notes = db.listen().await;
     db.exec("DELETE FROM studies WHERE id = 1").await;
     let tx = notes.drain(QUIET).await;
@@ -341,17 +318,9 @@ async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
         "tracker_comments",
         "package_items",
     ] {
-        assert!(
-            deleted.contains(table),
-            "no delete event for {table}: {tx:#?}"
-        );
+        assert!(deleted.contains(table), "no delete event for {table}: {tx:#?}");
     }
-    assert_eq!(
-        tx.iter()
-            .filter(|n| n["table"] == "tracker_comments")
-            .count(),
-        2
-    );
+    assert_eq!(tx.iter().filter(|n| n["table"] == "tracker_comments").count(), 2);
     assert!(tx
         .iter()
         .all(|n| n["op"] == "DELETE" && n["seq"] == tx[0]["seq"] && n["tx_size"] == tx.len()));
@@ -362,14 +331,11 @@ async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
 async fn actor_track_untrack_and_truncate() {
     let db = TestDb::new().await;
     let mut notes = db.listen().await;
-    db.exec("BEGIN; SET LOCAL pgfeed.actor = 'user:7'; INSERT INTO studies (study_label) VALUES ('S'); COMMIT;").await;
-    assert_eq!(notes.next().await["actor"], "user:7");
-    db.exec("INSERT INTO studies (study_label) VALUES ('T')")
+    db.exec("BEGIN; SET LOCAL pgfeed.actor = 'user:7'; INSERT INTO studies (study_label) VALUES ('S'); COMMIT;")
         .await;
-    assert!(
-        notes.next().await["actor"].is_null(),
-        "the actor is transaction-local"
-    );
+    assert_eq!(notes.next().await["actor"], "user:7");
+    db.exec("INSERT INTO studies (study_label) VALUES ('T')").await;
+    assert!(notes.next().await["actor"].is_null(), "the actor is transaction-local");
 
     db.exec(
         "CREATE SCHEMA lab;
@@ -382,8 +348,7 @@ async fn actor_track_untrack_and_truncate() {
             .await,
         1
     );
-    db.exec("INSERT INTO lab.equipment (name) VALUES ('centrifuge')")
-        .await;
+    db.exec("INSERT INTO lab.equipment (name) VALUES ('centrifuge')").await;
     let n = notes.next().await;
     assert_eq!(
         (n["table"].as_str(), n["prefix"].as_str(), n["op"].as_str()),
@@ -398,7 +363,8 @@ async fn actor_track_untrack_and_truncate() {
         (Some("TRUNCATE"), Some("equipment"))
     );
 
-    db.exec("SELECT pgfeed.untrack('lab.equipment'); INSERT INTO lab.equipment (name) VALUES ('scale');").await;
+    db.exec("SELECT pgfeed.untrack('lab.equipment'); INSERT INTO lab.equipment (name) VALUES ('scale');")
+        .await;
     assert!(
         notes.next_within(QUIET).await.is_none(),
         "an untracked table still sends events"
@@ -419,16 +385,12 @@ async fn actor_track_untrack_and_truncate() {
 #[tokio::test]
 async fn a_fifty_thousand_row_update_is_one_seq_and_one_summary() {
     let db = TestDb::new().await;
-    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g").await;
-    let mut notes = db.listen().await;
-    db.exec("UPDATE text_elements SET label = label || '!'")
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g")
         .await;
+    let mut notes = db.listen().await;
+    db.exec("UPDATE text_elements SET label = label || '!'").await;
     let all = notes.drain(Duration::from_secs(1)).await;
-    assert_eq!(
-        all.len(),
-        1,
-        "a bulk transaction must not send a notification per row"
-    );
+    assert_eq!(all.len(), 1, "a bulk transaction must not send a notification per row");
     let summary: &Value = &all[0];
     assert_eq!(summary["fetch"], true);
     assert_eq!(summary["tx_size"], 50000);
@@ -444,44 +406,28 @@ async fn a_fifty_thousand_row_update_is_one_seq_and_one_summary() {
 async fn prune_removes_old_transactions_and_nothing_newer() {
     let db = TestDb::new().await;
     for i in 0..10 {
-        db.exec(&format!(
-            "INSERT INTO studies (study_label) VALUES ('s{i}')"
-        ))
-        .await;
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('s{i}')"))
+            .await;
     }
     db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days' WHERE seq <= 4")
         .await;
     db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '50 minutes' WHERE seq = 5")
         .await;
-    let removed = db
-        .scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
-        .await;
+    let removed = db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')").await;
     assert_eq!(removed, 4);
-    assert_eq!(
-        db.scalar_i64("SELECT min(seq) FROM pgfeed.commits").await,
-        5
-    );
+    assert_eq!(db.scalar_i64("SELECT min(seq) FROM pgfeed.commits").await, 5);
     assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.events").await, 6);
-    assert_eq!(
-        db.scalar_i64("SELECT pruned_through FROM pgfeed.retention")
-            .await,
-        4
-    );
+    assert_eq!(db.scalar_i64("SELECT pruned_through FROM pgfeed.retention").await, 4);
     assert_eq!(db.scalar_i64("SELECT pgfeed.head()").await, 10);
     assert_eq!(
-        db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
-            .await,
+        db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')").await,
         0,
         "prune twice removes nothing more"
     );
     // Everything pruned: the head stays where it was.
     db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days'")
         .await;
-    assert_eq!(
-        db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')")
-            .await,
-        6
-    );
+    assert_eq!(db.scalar_i64("SELECT pgfeed.prune(interval '1 hour')").await, 6);
     assert_eq!(db.scalar_i64("SELECT pgfeed.head()").await, 10);
 }
 
@@ -501,11 +447,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_everything() {
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let status = run(&["migrate", "--status"]);
@@ -529,9 +471,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_everything() {
 #[test]
 fn the_embedded_cluster_starts_and_runs_unprivileged() {
     let dir = common::scratch_dir("embedded");
-    let cluster =
-        pgfeed::db::embedded::Cluster::start(&dir, pgfeed::db::embedded::Durability::Throwaway)
-            .unwrap();
+    let cluster = pgfeed::db::embedded::Cluster::start(&dir, pgfeed::db::embedded::Durability::Throwaway).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -543,21 +483,16 @@ fn the_embedded_cluster_starts_and_runs_unprivileged() {
         let pool = pgfeed::db::pool(&cluster.url("pgfeed"), 1).await.unwrap();
         let applied = pgfeed::db::migrate(&pool).await.unwrap();
         assert_eq!(applied.len(), pgfeed::db::MIGRATOR.iter().count());
-        let version: i64 =
-            sqlx::query_scalar("SELECT current_setting('server_version_num')::bigint")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let version: i64 = sqlx::query_scalar("SELECT current_setting('server_version_num')::bigint")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert!(version >= 130000);
         pool.close().await;
     });
-    let owner =
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cluster.data_dir()).unwrap());
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(cluster.data_dir()).unwrap());
     if nix::unistd::geteuid().is_root() {
-        assert_ne!(
-            owner, 0,
-            "as root, the cluster must belong to an unprivileged user"
-        );
+        assert_ne!(owner, 0, "as root, the cluster must belong to an unprivileged user");
     }
     drop(cluster);
 }

@@ -33,18 +33,15 @@ async fn an_unmodified_pearl_client_gets_studies_update_pong_refresh_and_events(
     pearl.send(json!({"action": "ping"})).await;
     assert_eq!(pearl.next().await, json!({"type": "pong"}));
 
-    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-003')")
-        .await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-003')").await;
     let created = pearl.next().await;
     assert_eq!(created["type"], "study_created");
     assert_eq!(created["data"]["study_label"], "ONC-003");
     assert!(created["timestamp"].as_str().unwrap().ends_with('Z'));
     let id = created["data"]["id"].as_i64().unwrap();
 
-    db.exec(&format!(
-        "UPDATE studies SET study_label = 'ONC-003b' WHERE id = {id}"
-    ))
-    .await;
+    db.exec(&format!("UPDATE studies SET study_label = 'ONC-003b' WHERE id = {id}"))
+        .await;
     let updated = pearl.next().await;
     assert_eq!(updated["type"], "study_updated");
     assert_eq!(updated["data"]["study_label"], "ONC-003b");
@@ -57,15 +54,11 @@ async fn an_unmodified_pearl_client_gets_studies_update_pong_refresh_and_events(
     assert!(changed.contains(&"study_label"), "{changed:?}");
     assert!(!changed.contains(&"id"));
 
-    db.exec(&format!("DELETE FROM studies WHERE id = {id}"))
-        .await;
+    db.exec(&format!("DELETE FROM studies WHERE id = {id}")).await;
     let deleted = pearl.next().await;
     assert_eq!(deleted["type"], "study_deleted");
     assert_eq!(deleted["data"]["id"], id);
-    assert!(
-        created["seq"].as_i64() < updated["seq"].as_i64()
-            && updated["seq"].as_i64() < deleted["seq"].as_i64()
-    );
+    assert!(created["seq"].as_i64() < updated["seq"].as_i64() && updated["seq"].as_i64() < deleted["seq"].as_i64());
 
     pearl.send(json!({"action": "refresh"})).await;
     let refreshed = pearl.next().await;
@@ -108,7 +101,10 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(seeded[6]["data"]["production_programmer_id"], 1);
 
     // A reply: comment_created with the count, then comment_replied.
-    db.exec("INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'done?')").await;
+    db.exec(
+        "INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'done?')",
+    )
+    .await;
     let reply = client.events(2).await;
     assert_eq!(reply[0]["type"], "comment_created");
     assert_eq!(reply[0]["unresolved_count"], 2);
@@ -118,7 +114,10 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(reply[1]["seq"], reply[0]["seq"]);
 
     // Resolving: comment_updated, then comment_resolved; the count drops.
-    db.exec("UPDATE tracker_comments SET is_resolved = true, resolved_by_user_id = 2, resolved_at = now() WHERE id = 1").await;
+    db.exec(
+        "UPDATE tracker_comments SET is_resolved = true, resolved_by_user_id = 2, resolved_at = now() WHERE id = 1",
+    )
+    .await;
     let resolved = client.events(2).await;
     assert_eq!(resolved[0]["type"], "comment_updated");
     assert_eq!(resolved[0]["unresolved_count"], 1);
@@ -151,17 +150,12 @@ async fn every_pearl_entity_and_every_derived_event() {
             "reporting_effort",
             "database_release_label = 'DBL-2'",
         ),
-        (
-            "reporting_effort_items",
-            "reporting_effort_item",
-            "is_active = false",
-        ),
+        ("reporting_effort_items", "reporting_effort_item", "is_active = false"),
         ("packages", "package", "therapeutic_area = 'Oncology'"),
         ("package_items", "package_item", "item_code = 'l_ae2'"),
         ("text_elements", "text_element", "label = 'Demography'"),
     ] {
-        db.exec(&format!("UPDATE {table} SET {set} WHERE id = 1"))
-            .await;
+        db.exec(&format!("UPDATE {table} SET {set} WHERE id = 1")).await;
         let e = client.events(1).await;
         assert_eq!(e[0]["type"], format!("{prefix}_updated"));
         assert_eq!(e[0]["table"], table);
@@ -175,10 +169,8 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(gone[1]["seq"], gone[0]["seq"]);
 
     // A column added by a DBA: still delivered (generic), and counted.
-    db.exec(
-        "ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1",
-    )
-    .await;
+    db.exec("ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1")
+        .await;
     let drifted = client.events(1).await;
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["phase"], "III");
@@ -194,16 +186,13 @@ async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
     let mut comments_on_2 = Client::connect(&server, "/ws").await;
     let mut only_deletes = Client::connect(&server, "/ws").await;
     let mut nothing = Client::connect(&server, "/ws").await;
-    for c in [
-        &mut studies,
-        &mut comments_on_2,
-        &mut only_deletes,
-        &mut nothing,
-    ] {
+    for c in [&mut studies, &mut comments_on_2, &mut only_deletes, &mut nothing] {
         c.next_of("connected").await;
     }
     studies.subscribe(json!({"tables": ["studies"]})).await;
-    comments_on_2.subscribe(json!({"tables": ["tracker_comments"], "where": {"tracker_id": [2, 3], "is_resolved": false}})).await;
+    comments_on_2
+        .subscribe(json!({"tables": ["tracker_comments"], "where": {"tracker_id": [2, 3], "is_resolved": false}}))
+        .await;
     only_deletes
         .subscribe(json!({"types": ["study_deleted", "user_deleted"]}))
         .await;
@@ -214,13 +203,15 @@ async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
          INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id) VALUES (2, 2);",
     )
     .await;
-    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'on two'), (1, 'on one')").await;
-    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text, is_resolved) VALUES (2, 'resolved already', true)").await;
-    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-009')")
+    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'on two'), (1, 'on one')")
         .await;
+    db.exec(
+        "INSERT INTO tracker_comments (tracker_id, comment_text, is_resolved) VALUES (2, 'resolved already', true)",
+    )
+    .await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-009')").await;
     db.exec("DELETE FROM users WHERE id = 2").await;
-    db.exec("INSERT INTO studies (study_label) VALUES ('last')")
-        .await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('last')").await;
 
     let s = studies.events(2).await;
     assert_eq!(
@@ -241,30 +232,19 @@ async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
     // Nothing else arrived: after a marker write, the next message is the marker.
     db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'marker')")
         .await;
-    assert_eq!(
-        comments_on_2.events(1).await[0]["data"]["comment_text"],
-        "marker"
-    );
-    db.exec("DELETE FROM studies WHERE study_label = 'last'")
-        .await;
+    assert_eq!(comments_on_2.events(1).await[0]["data"]["comment_text"], "marker");
+    db.exec("DELETE FROM studies WHERE study_label = 'last'").await;
     assert_eq!(only_deletes.events(1).await[0]["type"], "study_deleted");
     assert!(
-        nothing
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none(),
+        nothing.next_within(Duration::from_millis(300)).await.is_none(),
         "an unsubscribed client got events"
     );
 
     // unsubscribe stops the flow.
     studies.send(json!({"action": "unsubscribe"})).await;
     studies.next_of("unsubscribed").await;
-    db.exec("INSERT INTO studies (study_label) VALUES ('unseen')")
-        .await;
-    assert!(studies
-        .next_within(Duration::from_millis(300))
-        .await
-        .is_none());
+    db.exec("INSERT INTO studies (study_label) VALUES ('unseen')").await;
+    assert!(studies.next_within(Duration::from_millis(300)).await.is_none());
     server.stop().await.unwrap();
 }
 
@@ -299,9 +279,7 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
     client.next_of("connected").await;
     client.subscribe(json!({"tables": ["studies"]})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    client
-        .send(json!({"action": "snapshot", "table": "studies"}))
-        .await;
+    client.send(json!({"action": "snapshot", "table": "studies"})).await;
     // Events before the snapshot reply belong to before it; rebuild from the snapshot on.
     let snapshot = client.next_of("snapshot").await;
     let watermark = snapshot["seq"].as_i64().unwrap();
@@ -317,8 +295,7 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
         w.await.unwrap();
     }
     // A final marker write tells us when everything has arrived.
-    db.exec("INSERT INTO studies (study_label) VALUES ('marker')")
-        .await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker')").await;
     let mut applied = 0;
     loop {
         let event = client.next().await;
@@ -349,15 +326,11 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
             break;
         }
     }
-    assert!(
-        applied > 1,
-        "the writers should have run during the handoff"
-    );
-    let table: Vec<(i32, String)> =
-        sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    assert!(applied > 1, "the writers should have run during the handoff");
+    let table: Vec<(i32, String)> = sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     let rebuilt: Vec<(i32, String)> = rows
         .values()
         .map(|r| {
@@ -423,21 +396,12 @@ async fn five_thousand_events_from_eight_writers_reach_three_clients_identically
         let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
         let mut distinct = seqs.clone();
         distinct.dedup();
-        assert!(
-            distinct.windows(2).all(|w| w[1] == w[0] + 1),
-            "gap in the seq stream"
-        );
+        assert!(distinct.windows(2).all(|w| w[1] == w[0] + 1), "gap in the seq stream");
         assert_eq!(distinct.len(), 8 * 625);
         streams.push(
             events
                 .iter()
-                .map(|e| {
-                    (
-                        e["seq"].as_i64().unwrap(),
-                        e["data"]["label"].clone(),
-                        e["op"].clone(),
-                    )
-                })
+                .map(|e| (e["seq"].as_i64().unwrap(), e["data"]["label"].clone(), e["op"].clone()))
                 .collect::<Vec<_>>(),
         );
     }
@@ -455,13 +419,15 @@ async fn five_thousand_events_from_eight_writers_reach_three_clients_identically
 #[tokio::test]
 async fn a_one_megabyte_row_arrives_whole_and_a_fifty_thousand_row_update_arrives_in_order() {
     let db = TestDb::new().await;
-    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g").await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g")
+        .await;
     let server = db.server().await;
     let mut client = Client::connect(&server, "/ws").await;
     client.next_of("connected").await;
     client.subscribe(json!({"tables": ["text_elements"]})).await;
 
-    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)").await;
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)")
+        .await;
     let big = client.events(1).await;
     assert_eq!(big[0]["data"]["label"].as_str().unwrap().len(), 1 << 20);
     assert_eq!(
@@ -473,9 +439,9 @@ async fn a_one_megabyte_row_arrives_whole_and_a_fifty_thousand_row_update_arrive
         .await;
     let bulk = client.events(50000).await;
     assert_commit_order(&bulk);
-    assert!(bulk.iter().all(|e| e["seq"] == bulk[0]["seq"]
-        && e["tx_size"] == 50000
-        && e["type"] == "text_element_updated"));
+    assert!(bulk
+        .iter()
+        .all(|e| e["seq"] == bulk[0]["seq"] && e["tx_size"] == 50000 && e["type"] == "text_element_updated"));
     assert_eq!(bulk[49999]["tx_index"], 49999);
     server.stop().await.unwrap();
 }
@@ -501,10 +467,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         ("{not json", "cannot read"),
         (r#"{"action":"fly"}"#, "unknown variant"),
         (r#"{"no_action":1}"#, "missing field"),
-        (
-            r#"{"action":"subscribe","tables":"studies"}"#,
-            "invalid type",
-        ),
+        (r#"{"action":"subscribe","tables":"studies"}"#, "invalid type"),
         (r#"{"action":"resume","after":"x"}"#, "invalid type"),
         ("[]", "cannot read"),
     ] {
@@ -512,10 +475,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         let reply = client.next().await;
         assert_eq!(reply["type"], "error", "{input} → {reply}");
         assert_eq!(reply["code"], "bad_request");
-        assert!(
-            reply["message"].as_str().unwrap().contains(expect),
-            "{input} → {reply}"
-        );
+        assert!(reply["message"].as_str().unwrap().contains(expect), "{input} → {reply}");
     }
     client
         .send(json!({"action": "snapshot", "table": "no_such_table"}))
@@ -525,9 +485,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         .send(json!({"action": "snapshot", "table": "studies; DROP TABLE studies"}))
         .await;
     assert_eq!(client.next().await["code"], "not_found");
-    client
-        .send_raw(Message::Binary(vec![0u8, 1, 2].into()))
-        .await;
+    client.send_raw(Message::Binary(vec![0u8, 1, 2].into())).await;
     let reply = client.next().await;
     assert_eq!(
         (reply["type"].as_str(), reply["code"].as_str()),
@@ -541,18 +499,12 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
     );
 
     // Too big: 1009, and only this connection is closed.
-    client
-        .send_raw(Message::Text("x".repeat(64 * 1024).into()))
-        .await;
+    client.send_raw(Message::Text("x".repeat(64 * 1024).into())).await;
     let closed = client.next().await;
     assert_eq!(closed["close"], 1009, "{closed}");
 
-    db.exec("INSERT INTO studies (study_label) VALUES ('still here')")
-        .await;
-    assert_eq!(
-        bystander.events(1).await[0]["data"]["study_label"],
-        "still here"
-    );
+    db.exec("INSERT INTO studies (study_label) VALUES ('still here')").await;
+    assert_eq!(bystander.events(1).await[0]["data"]["study_label"], "still here");
     let (status, body) = common::http_get(&server, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("pgfeed_client_errors_total"));
@@ -588,13 +540,7 @@ async fn serve_with_embedded_postgres_sends_1001_on_sigterm_and_exits_0() {
         }
     };
     let psql = psql.expect("serve prints the psql command");
-    let port = psql
-        .split(" -p ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let port = psql.split(" -p ").nth(1).unwrap().split_whitespace().next().unwrap();
     let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();

@@ -116,39 +116,22 @@ impl Cluster {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let log_path = self
-            .data_dir
-            .parent()
-            .unwrap_or(&self.data_dir)
-            .join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
+        let log_path = self.data_dir.parent().unwrap_or(&self.data_dir).join("postgres.log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         if let Some(user) = &self.run_as {
             chown(&log_path, user)?;
         }
         let mut cmd = Command::new(self.bin_dir.join("postgres"));
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-            ])
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
-            .arg(format!(
-                "unix_socket_directories={}",
-                self.socket_dir.display()
-            ))
+            .arg(format!("unix_socket_directories={}", self.socket_dir.display()))
             .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"]);
         if self.durability == Durability::Throwaway {
             cmd.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         as_user(&mut cmd, self.run_as.as_ref());
         // SAFETY: prctl is async-signal-safe; it runs in the child after setuid, which
         // would otherwise clear it. SIGINT asks the postmaster for a fast shutdown.
@@ -182,20 +165,12 @@ impl Cluster {
             }
             // The postmaster writes its state on the 8th line of postmaster.pid;
             // "ready" means it accepts connections.
-            let pid_file =
-                fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
-            if pid_file
-                .lines()
-                .nth(7)
-                .is_some_and(|status| status.trim() == "ready")
-            {
+            let pid_file = fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
+            if pid_file.lines().nth(7).is_some_and(|status| status.trim() == "ready") {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "postgres did not start within 60 s; see {}",
-                    log_path.display()
-                );
+                bail!("postgres did not start within 60 s; see {}", log_path.display());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -286,23 +261,18 @@ fn usable_base(base: &Path, user: Option<&User>) -> Result<PathBuf> {
 
 /// True when every ancestor of `dir` lets other users through (o+x).
 fn reachable_by_others(dir: &Path) -> bool {
-    dir.ancestors().skip(1).all(|p| {
-        fs::metadata(p)
-            .map(|m| m.mode() & 0o001 != 0)
-            .unwrap_or(false)
-    })
+    dir.ancestors()
+        .skip(1)
+        .all(|p| fs::metadata(p).map(|m| m.mode() & 0o001 != 0).unwrap_or(false))
 }
 
 fn chown(path: &Path, user: &User) -> Result<()> {
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
-        .with_context(|| format!("chown {}", path.display()))
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).with_context(|| format!("chown {}", path.display()))
 }
 
 fn as_user(cmd: &mut Command, user: Option<&User>) {
     if let Some(user) = user {
-        cmd.uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .env("HOME", &user.dir);
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw()).env("HOME", &user.dir);
     }
     cmd.env("LC_ALL", "C");
 }
@@ -316,16 +286,7 @@ fn initdb(bin_dir: &Path, data_dir: &Path, user: Option<&User>) -> Result<()> {
     let mut cmd = Command::new(bin_dir.join("initdb"));
     cmd.arg("-D")
         .arg(data_dir)
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ])
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
         .current_dir(data_dir);
     as_user(&mut cmd, user);
     let out = cmd.output().context("running initdb")?;

@@ -5,7 +5,7 @@
 //! client that fell behind) reads from here.
 
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row};
 
 use crate::feed::change::{Change, Op};
 
@@ -32,11 +32,7 @@ impl Cursor {
 
 /// Reads up to `limit` changes after `cursor`, in (seq, statement) order, and the
 /// cursor after them. An empty result means the log holds nothing after `cursor`.
-pub async fn read(
-    pool: &PgPool,
-    cursor: Cursor,
-    limit: i64,
-) -> sqlx::Result<(Vec<Change>, Cursor)> {
+pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sqlx::Result<(Vec<Change>, Cursor)> {
     // `id = 0` means the whole of `seq` was read; ids start at 1.
     let rows = sqlx::query(
         r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
@@ -50,18 +46,14 @@ pub async fn read(
     .bind(cursor.seq)
     .bind(cursor.id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
 
     let mut changes = Vec::with_capacity(rows.len());
     let mut at = cursor;
     for row in rows {
         let seq: i64 = row.try_get("seq")?;
-        let tx_index = if seq == at.seq && at.id > 0 {
-            at.next_index
-        } else {
-            0
-        };
+        let tx_index = if seq == at.seq && at.id > 0 { at.next_index } else { 0 };
         let change = Change {
             seq,
             id: row.try_get("id")?,
@@ -96,10 +88,8 @@ fn parse_json(text: Option<String>) -> sqlx::Result<Option<Value>> {
 }
 
 /// The newest commit position visible now (0 before the first write).
-pub async fn head(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT pgfeed.head()")
-        .fetch_one(pool)
-        .await
+pub async fn head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(db).await
 }
 
 /// The oldest cursor a client can resume from: everything after it is still in the log.
@@ -126,18 +116,15 @@ pub async fn snapshot(pool: &PgPool, table: &str) -> sqlx::Result<Option<(i64, S
         .execute(&mut *tx)
         .await?;
     // The regclass text is the properly quoted name, so it is safe to splice.
-    let relation: Option<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM pgfeed.tracked_tables WHERE table_name::text = $1",
-    )
-    .bind(table)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let relation: Option<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM pgfeed.tracked_tables WHERE table_name::text = $1")
+            .bind(table)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(relation) = relation else {
         return Ok(None);
     };
-    let watermark: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
-        .fetch_one(&mut *tx)
-        .await?;
+    let watermark: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
     let rows: String = sqlx::query_scalar(&format!(
         "SELECT COALESCE(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)->'id'), '[]')::text FROM {relation} t"
     ))

@@ -18,6 +18,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub const APPLICATION_NAME: &str = "pgfeed";
 /// `application_name` of the LISTEN connection, so a DBA can find it in `pg_stat_activity`.
 pub const LISTENER_APPLICATION_NAME: &str = "pgfeed-listener";
+/// `application_name` of the listener's own connection for log reads.
+pub const LOG_READER_APPLICATION_NAME: &str = "pgfeed-log-reader";
 
 /// Connection options for `url`, named so a DBA can tell pgfeed's sessions apart.
 pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions> {
@@ -29,7 +31,7 @@ pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOpt
 pub async fn pool(url: &str, max_connections: u32) -> Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(5))
         .connect_with(connect_options(url, APPLICATION_NAME)?)
         .await
         .context("connecting to Postgres")
@@ -37,20 +39,15 @@ pub async fn pool(url: &str, max_connections: u32) -> Result<PgPool> {
 
 /// Creates database `name` on the server of `admin_url` unless it exists.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<()> {
-    let mut conn =
-        sqlx::PgConnection::connect_with(&connect_options(admin_url, APPLICATION_NAME)?).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        sqlx::query(&format!(
-            "CREATE DATABASE \"{}\"",
-            name.replace('"', "\"\"")
-        ))
-        .execute(&mut conn)
+    let mut conn = sqlx::PgConnection::connect_with(&connect_options(admin_url, APPLICATION_NAME)?).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
         .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
+            .execute(&mut conn)
+            .await?;
     }
     conn.close().await?;
     Ok(())
@@ -66,16 +63,13 @@ pub struct MigrationStatus {
 
 /// Lists every migration in `migrations/` and whether the database has it.
 pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationStatus>> {
-    let table_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
     let applied: Vec<i64> = if table_exists {
-        sqlx::query_scalar(
-            "SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version",
-        )
-        .fetch_all(pool)
-        .await?
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?
     } else {
         Vec::new()
     };

@@ -97,38 +97,26 @@ impl Encoder<'_> {
             _ => change.new.clone().unwrap_or(Value::Null),
         };
         let changed = match (&change.new, &change.old) {
-            (Some(Value::Object(new)), Some(Value::Object(old))) if change.op == Op::Update => {
-                Some(
-                    new.iter()
-                        .filter(|(k, v)| old.get(*k) != Some(*v))
-                        .map(|(k, _)| k.clone())
-                        .collect::<Vec<_>>(),
-                )
-            }
+            (Some(Value::Object(new)), Some(Value::Object(old))) if change.op == Op::Update => Some(
+                new.iter()
+                    .filter(|(k, v)| old.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         };
 
         let pearl = pearl::is_pearl_table(&change.table);
-        let new_row = change
-            .new
-            .as_ref()
-            .and_then(|row| self.typed(&change.table, row));
-        let old_row = change
-            .old
-            .as_ref()
-            .and_then(|row| self.typed(&change.table, row));
+        let new_row = change.new.as_ref().and_then(|row| self.typed(&change.table, row));
+        let old_row = change.old.as_ref().and_then(|row| self.typed(&change.table, row));
 
         let mut derived: Vec<&'static str> = Vec::new();
         let mut unresolved_count = None;
         match (&old_row, &new_row) {
-            (_, Some(Row::TrackerComment(new)))
-                if change.op == Op::Insert && new.parent_comment_id.is_some() =>
-            {
+            (_, Some(Row::TrackerComment(new))) if change.op == Op::Insert && new.parent_comment_id.is_some() => {
                 derived.push("comment_replied")
             }
-            (Some(Row::TrackerComment(old)), Some(Row::TrackerComment(new)))
-                if !old.is_resolved && new.is_resolved =>
-            {
+            (Some(Row::TrackerComment(old)), Some(Row::TrackerComment(new))) if !old.is_resolved && new.is_resolved => {
                 derived.push("comment_resolved")
             }
             (Some(Row::ReportingEffortTracker(old)), Some(Row::ReportingEffortTracker(new)))
@@ -145,11 +133,7 @@ impl Encoder<'_> {
                     Some(Row::TrackerComment(c)) => Some(c.clone()),
                     _ => None,
                 };
-                unresolved_count = counts.apply(
-                    change.op,
-                    comment(&old_row).as_ref(),
-                    comment(&new_row).as_ref(),
-                );
+                unresolved_count = counts.apply(change.op, comment(&old_row).as_ref(), comment(&new_row).as_ref());
             }
         }
 

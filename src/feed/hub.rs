@@ -82,18 +82,10 @@ pub struct Filter {
 impl Filter {
     /// True when `event` is wanted. Looks into the parsed row; never re-parses.
     pub fn matches(&self, event: &Event) -> bool {
-        if self
-            .tables
-            .as_ref()
-            .is_some_and(|t| !t.contains(&event.table))
-        {
+        if self.tables.as_ref().is_some_and(|t| !t.contains(&event.table)) {
             return false;
         }
-        if self
-            .types
-            .as_ref()
-            .is_some_and(|t| !t.contains(&event.kind))
-        {
+        if self.types.as_ref().is_some_and(|t| !t.contains(&event.kind)) {
             return false;
         }
         match &self.where_ {

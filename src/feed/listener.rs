@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::change::{Change, Notice};
@@ -31,12 +31,24 @@ const QUIET_CHECK: Duration = Duration::from_secs(3);
 /// How long that check may take before the connection is declared dead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_PAGE: i64 = 2000;
+/// Longest a single log read may take: a pooled connection can be silently dead too.
+const LOG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A log read that gives up after `LOG_READ_TIMEOUT`.
+async fn bounded<T>(read: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
+    tokio::time::timeout(LOG_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
 
 /// Where the listener's stream stands.
 pub struct Listener {
     url: String,
-    /// For log reads; the LISTEN connection is separate.
+    /// For the start position only.
     pool: PgPool,
+    /// The listener's own connection for log reads, opened afresh with every
+    /// LISTEN connection: a pooled one may be as dead as the connection just lost.
+    reader: Option<PgConnection>,
     hub: Hub,
     metrics: Arc<Metrics>,
     /// Connected and caught up: what `/readyz` reports.
@@ -56,16 +68,11 @@ enum Stop {
 }
 
 impl Listener {
-    pub fn new(
-        url: String,
-        pool: PgPool,
-        hub: Hub,
-        metrics: Arc<Metrics>,
-        ready: Arc<AtomicBool>,
-    ) -> Listener {
+    pub fn new(url: String, pool: PgPool, hub: Hub, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Listener {
         Listener {
             url,
             pool,
+            reader: None,
             hub,
             metrics,
             ready,
@@ -78,13 +85,12 @@ impl Listener {
 
     /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let listen_pool =
-            PgPoolOptions::new()
-                .max_connections(2)
-                .connect_lazy_with(db::connect_options(
-                    &self.url,
-                    db::LISTENER_APPLICATION_NAME,
-                )?);
+        // One connection at most, so a DBA sees exactly one pgfeed-listener.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(db::connect_options(&self.url, db::LISTENER_APPLICATION_NAME)?);
         let mut backoff = Duration::from_millis(100);
         let mut started = false;
         loop {
@@ -95,10 +101,11 @@ impl Listener {
                 if !started {
                     self.start_at_head().await?;
                 }
-                let mut listener = PgListener::connect_with(&listen_pool)
-                    .await
-                    .context("connecting")?;
+                let mut listener = PgListener::connect_with(&listen_pool).await.context("connecting")?;
                 listener.listen(CHANNEL).await.context("LISTEN")?;
+                let options = db::connect_options(&self.url, db::LOG_READER_APPLICATION_NAME)?;
+                let reader = bounded(PgConnection::connect_with(&options)).await;
+                self.reader = Some(reader.context("connecting the log reader")?);
                 // Everything committed while nobody listened is in the log.
                 self.catch_up().await.context("reading the log")?;
                 anyhow::Ok(listener)
@@ -118,9 +125,6 @@ impl Listener {
                     }
                 },
             };
-            if started {
-                Metrics::inc(&self.metrics.listener_reconnects);
-            }
             started = true;
             backoff = Duration::from_millis(100);
             self.ready.store(true, Ordering::SeqCst);
@@ -130,6 +134,7 @@ impl Listener {
             match stop {
                 Stop::Shutdown => return Ok(()),
                 Stop::Lost(reason) => {
+                    Metrics::inc(&self.metrics.listener_reconnects);
                     tracing::warn!(%reason, seq = self.last_seq, "listener lost its connection; reconnecting")
                 }
             }
@@ -142,9 +147,7 @@ impl Listener {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
-            .fetch_one(&mut *tx)
-            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
         let counts: Vec<(i32, i64)> = sqlx::query_as(
             "SELECT tracker_id, count(*) FROM public.tracker_comments WHERE NOT is_resolved GROUP BY tracker_id",
         )
@@ -174,16 +177,13 @@ impl Listener {
                 Ok(Ok(Some(notification))) => self.on_notification(notification.payload()).await,
                 Ok(Ok(None)) => return Stop::Lost("connection closed".into()),
                 Ok(Err(err)) => return Stop::Lost(err.to_string()),
-                Err(_quiet) => match tokio::time::timeout(
-                    CHECK_TIMEOUT,
-                    sqlx::query("SELECT 1").execute(&mut *listener),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => self.catch_up_if_behind().await,
-                    Ok(Err(err)) => return Stop::Lost(err.to_string()),
-                    Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
-                },
+                Err(_quiet) => {
+                    match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *listener)).await {
+                        Ok(Ok(_)) => self.catch_up_if_behind().await,
+                        Ok(Err(err)) => return Stop::Lost(err.to_string()),
+                        Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
+                    }
+                }
             };
             if let Err(err) = result {
                 return Stop::Lost(format!("reading the log: {err}"));
@@ -235,7 +235,7 @@ impl Listener {
     }
 
     async fn catch_up_if_behind(&mut self) -> sqlx::Result<()> {
-        if !self.pending.is_empty() || log::head(&self.pool).await? > self.last_seq {
+        if !self.pending.is_empty() || bounded(log::head(self.reader()?)).await? > self.last_seq {
             self.catch_up().await?;
         }
         Ok(())
@@ -252,7 +252,7 @@ impl Listener {
         self.pending.clear();
         let mut cursor = log::Cursor::after(seq);
         loop {
-            let (changes, next) = log::read(&self.pool, cursor, LOG_PAGE).await?;
+            let (changes, next) = bounded(log::read(self.reader()?, cursor, LOG_PAGE)).await?;
             if changes.is_empty() {
                 return Ok(());
             }
@@ -265,6 +265,10 @@ impl Listener {
             }
             cursor = next;
         }
+    }
+
+    fn reader(&mut self) -> sqlx::Result<&mut PgConnection> {
+        self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
     fn publish(&mut self, change: Change) {

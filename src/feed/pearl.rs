@@ -167,10 +167,7 @@ pub fn is_pearl_table(table: &str) -> bool {
 /// Types `row` of `table`. `None` for a table that is not PEARL's;
 /// `Some(Err)` for a PEARL row that does not fit (the event goes out generic).
 pub fn type_row(table: &str, row: &Value) -> Option<Result<Row, serde_json::Error>> {
-    fn typed<'a, T: Deserialize<'a>>(
-        row: &'a Value,
-        wrap: fn(T) -> Row,
-    ) -> Result<Row, serde_json::Error> {
+    fn typed<'a, T: Deserialize<'a>>(row: &'a Value, wrap: fn(T) -> Row) -> Result<Row, serde_json::Error> {
         T::deserialize(row).map(wrap)
     }
     Some(match table {

@@ -18,11 +18,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "listener not connected or catching up",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "listener not connected or catching up").into_response()
     }
 }
 
@@ -36,14 +32,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `GET /api/v1/<table>`: `{"table", "seq", "rows"}`; the rows reflect exactly
 /// the transactions up to `seq`, so a client can follow on with `resume {after: seq}`.
-pub async fn table_snapshot(
-    State(state): State<AppState>,
-    Path(table): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn table_snapshot(State(state): State<AppState>, Path(table): Path<String>) -> Result<Response, ApiError> {
     let Some((watermark, rows)) = log::snapshot(&state.pool, &table).await? else {
-        return Err(ApiError::NotFound(format!(
-            "table `{table}` is not tracked"
-        )));
+        return Err(ApiError::NotFound(format!("table `{table}` is not tracked")));
     };
     let body = snapshot_message("snapshot", &table, watermark, &rows);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

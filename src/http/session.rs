@@ -64,12 +64,7 @@ pub async fn pearl(ws: WebSocketUpgrade, State(state): State<AppState>) -> Respo
     upgrade(ws, state, Protocol::Pearl, None)
 }
 
-fn upgrade(
-    ws: WebSocketUpgrade,
-    state: AppState,
-    protocol: Protocol,
-    after: Option<i64>,
-) -> Response {
+fn upgrade(ws: WebSocketUpgrade, state: AppState, protocol: Protocol, after: Option<i64>) -> Response {
     let open = state.metrics.ws_connections.load(Ordering::Relaxed);
     if open >= state.limits.max_connections as i64 {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -194,8 +189,7 @@ impl Session {
     {
         match self.protocol {
             Protocol::General => {
-                let hello =
-                    json!({"type": "connected", "connection_id": self.id, "seq": self.last_seq});
+                let hello = json!({"type": "connected", "connection_id": self.id, "seq": self.last_seq});
                 self.send(socket, text(hello.to_string())).await?;
                 if let Some(after) = after {
                     self.resume(socket, after).await?;
@@ -204,8 +198,7 @@ impl Session {
             Protocol::Pearl => self.studies_update(socket).await?,
         }
         let heartbeat = self.state.limits.heartbeat;
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
         let shutdown = self.state.shutdown.clone();
         loop {
@@ -263,19 +256,12 @@ impl Session {
             Ok(action) => action,
             Err(err) => {
                 return self
-                    .error(
-                        socket,
-                        "bad_request",
-                        &format!("cannot read that message: {err}"),
-                    )
+                    .error(socket, "bad_request", &format!("cannot read that message: {err}"))
                     .await
             }
         };
         match (self.protocol, action) {
-            (_, Action::Ping) => {
-                self.send(socket, text(r#"{"type":"pong"}"#.to_string()))
-                    .await
-            }
+            (_, Action::Ping) => self.send(socket, text(r#"{"type":"pong"}"#.to_string())).await,
             (Protocol::Pearl, Action::Refresh) => self.studies_update(socket).await,
             (Protocol::Pearl, _) => {
                 self.error(
@@ -285,19 +271,8 @@ impl Session {
                 )
                 .await
             }
-            (
-                Protocol::General,
-                Action::Subscribe {
-                    tables,
-                    types,
-                    where_,
-                },
-            ) => {
-                let filter = Filter {
-                    tables,
-                    types,
-                    where_,
-                };
+            (Protocol::General, Action::Subscribe { tables, types, where_ }) => {
+                let filter = Filter { tables, types, where_ };
                 let reply = json!({
                     "type": "subscribed", "seq": self.last_seq,
                     "tables": filter.tables, "types": filter.types, "where": filter.where_,
@@ -307,8 +282,7 @@ impl Session {
             }
             (Protocol::General, Action::Unsubscribe) => {
                 self.filter = None;
-                self.send(socket, text(r#"{"type":"unsubscribed"}"#.to_string()))
-                    .await
+                self.send(socket, text(r#"{"type":"unsubscribed"}"#.to_string())).await
             }
             (Protocol::General, Action::Snapshot { table }) => self.snapshot(socket, &table).await,
             (Protocol::General, Action::Resume { after }) => self.resume(socket, after).await,
@@ -321,12 +295,8 @@ impl Session {
                 .await
             }
             (Protocol::General, Action::Auth { .. }) => {
-                self.error(
-                    socket,
-                    "bad_request",
-                    "authentication is not enabled on this server",
-                )
-                .await
+                self.error(socket, "bad_request", "authentication is not enabled on this server")
+                    .await
             }
         }
     }
@@ -347,8 +317,7 @@ impl Session {
             self.open_seq = Some(event.seq);
         }
         if self.wants(event) {
-            self.feed(socket, Message::Text(event.frame.clone()))
-                .await?;
+            self.feed(socket, Message::Text(event.frame.clone())).await?;
         }
         if event.closes_tx {
             self.last_seq = event.seq;
@@ -399,8 +368,7 @@ impl Session {
             for change in changes {
                 for event in encoder.encode(change) {
                     if self.wants(&event) {
-                        self.feed(socket, Message::Text(event.frame.clone()))
-                            .await?;
+                        self.feed(socket, Message::Text(event.frame.clone())).await?;
                     }
                     if event.closes_tx {
                         self.last_seq = event.seq;
@@ -425,16 +393,13 @@ impl Session {
             Err(err) => {
                 tracing::error!(connection = %self.id, error = %err, "resume: reading the log bounds");
                 return self
-                    .error(
-                        socket,
-                        "unavailable",
-                        "the event log cannot be read right now",
-                    )
+                    .error(socket, "unavailable", "the event log cannot be read right now")
                     .await;
             }
         };
         if after < oldest {
-            let message = json!({"type": "refresh_needed", "reason": "retention", "oldest_seq": oldest, "after": after});
+            let message =
+                json!({"type": "refresh_needed", "reason": "retention", "oldest_seq": oldest, "after": after});
             return self.send(socket, text(message.to_string())).await;
         }
         if after > head {
@@ -465,21 +430,14 @@ impl Session {
     {
         match log::snapshot(&self.state.pool, table).await {
             Ok(Some((watermark, rows))) => {
-                self.send(
-                    socket,
-                    text(snapshot_message("snapshot", table, watermark, &rows)),
-                )
-                .await?;
+                self.send(socket, text(snapshot_message("snapshot", table, watermark, &rows)))
+                    .await?;
                 self.watermarks.insert(table.to_string(), watermark);
                 Ok(())
             }
             Ok(None) => {
-                self.error(
-                    socket,
-                    "not_found",
-                    &format!("table `{table}` is not tracked"),
-                )
-                .await
+                self.error(socket, "not_found", &format!("table `{table}` is not tracked"))
+                    .await
             }
             Err(err) => {
                 tracing::error!(connection = %self.id, error = %err, "snapshot");
@@ -496,20 +454,15 @@ impl Session {
     {
         match log::snapshot(&self.state.pool, "studies").await {
             Ok(Some((watermark, rows))) => {
-                let message =
-                    format!(r#"{{"type":"studies_update","data":{rows},"seq":{watermark}}}"#);
+                let message = format!(r#"{{"type":"studies_update","data":{rows},"seq":{watermark}}}"#);
                 self.send(socket, text(message)).await?;
                 self.watermarks.insert("studies".to_string(), watermark);
                 Ok(())
             }
-            Ok(None) => {
-                self.error(socket, "not_found", "table studies is not tracked")
-                    .await
-            }
+            Ok(None) => self.error(socket, "not_found", "table studies is not tracked").await,
             Err(err) => {
                 tracing::error!(connection = %self.id, error = %err, "studies_update");
-                self.error(socket, "unavailable", "the studies could not be read")
-                    .await
+                self.error(socket, "unavailable", "the studies could not be read").await
             }
         }
     }

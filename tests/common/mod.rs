@@ -53,9 +53,8 @@ fn shared() -> &'static Shared {
         // The cluster belongs to a thread that lives as long as the test binary:
         // Postgres is stopped by a parent-death signal when that thread ends.
         std::thread::spawn(move || {
-            let cluster =
-                embedded::Cluster::start(&scratch_dir("shared"), embedded::Durability::Throwaway)
-                    .expect("starting the test cluster");
+            let cluster = embedded::Cluster::start(&scratch_dir("shared"), embedded::Durability::Throwaway)
+                .expect("starting the test cluster");
             let admin_url = cluster.url("postgres");
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -66,9 +65,7 @@ fn shared() -> &'static Shared {
                     .await
                     .expect("creating the template database");
                 let pool = db::pool(&cluster.url(TEMPLATE), 1).await.unwrap();
-                db::migrate(&pool)
-                    .await
-                    .expect("migrating the template database");
+                db::migrate(&pool).await.expect("migrating the template database");
                 pool.close().await;
             });
             tx.send(admin_url).unwrap();
@@ -76,9 +73,7 @@ fn shared() -> &'static Shared {
                 std::thread::park();
             }
         });
-        let admin_url = rx
-            .recv()
-            .expect("the test cluster thread failed; see the panic above");
+        let admin_url = rx.recv().expect("the test cluster thread failed; see the panic above");
         Shared {
             admin_url,
             template_ready: true,
@@ -96,11 +91,7 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let shared = shared();
-        let name = format!(
-            "test_{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&shared.admin_url)
@@ -112,11 +103,7 @@ impl TestDb {
             .unwrap();
         admin.close().await;
         let url = format!("{}/{name}", shared.admin_url.rsplit_once('/').unwrap().0);
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .connect(&url)
-            .await
-            .unwrap();
+        let pool = PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
         TestDb { name, url, pool }
     }
 
@@ -147,9 +134,7 @@ impl TestDb {
     }
 
     pub async fn server_with(&self, settings: Settings) -> Running {
-        let running = server::start(&self.url, settings)
-            .await
-            .expect("starting the server");
+        let running = server::start(&self.url, settings).await.expect("starting the server");
         wait_ready(&running).await;
         running
     }
@@ -197,8 +182,7 @@ impl Notifications {
     }
 }
 
-pub type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A real WebSocket client.
 pub struct Client {
@@ -208,9 +192,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(running: &Running, path: &str) -> Client {
         let url = format!("ws://{}{}", running.addr, path);
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connect");
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
         Client { socket }
     }
 
@@ -229,13 +211,9 @@ impl Client {
     pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .ok()?;
+            let next = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
             match next {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).expect("server sends JSON"))
-                }
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("server sends JSON")),
                 Some(Ok(Message::Close(frame))) => {
                     return Some(serde_json::json!({"close": frame.map(|f| u16::from(f.code))}))
                 }
@@ -302,21 +280,10 @@ pub fn assert_commit_order(events: &[Value]) {
         let seq = event["seq"].as_i64().unwrap();
         let index = event["tx_index"].as_i64().unwrap();
         if seq == previous.0 {
-            assert_eq!(
-                index,
-                previous.1 + 1,
-                "events of seq {seq} out of statement order"
-            );
+            assert_eq!(index, previous.1 + 1, "events of seq {seq} out of statement order");
         } else {
-            assert!(
-                seq > previous.0,
-                "seq went backwards: {} then {seq}",
-                previous.0
-            );
-            assert_eq!(
-                index, 0,
-                "transaction {seq} did not start at its first event"
-            );
+            assert!(seq > previous.0, "seq went backwards: {} then {seq}", previous.0);
+            assert_eq!(index, 0, "transaction {seq} did not start at its first event");
         }
         previous = (seq, index);
     }
@@ -363,4 +330,173 @@ pub async fn http_get(running: &Running, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Asserts `events` (non-derived) are exactly the log after seq `after`, up to the
+/// last event's seq: every transaction whole, once, in commit order.
+pub async fn assert_matches_log(db: &TestDb, events: &[Value], after: i64) {
+    assert_commit_order(events);
+    let log: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT c.seq, count(*) FROM pgfeed.commits c JOIN pgfeed.events e USING (tx) WHERE c.seq > $1 AND c.seq <= $2 GROUP BY c.seq ORDER BY c.seq",
+    )
+    .bind(after)
+    .bind(events.last().map(|e| e["seq"].as_i64().unwrap()).unwrap_or(after))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut received: Vec<(i64, i64)> = Vec::new();
+    for event in events.iter().filter(|e| e.get("derived").is_none()) {
+        let seq = event["seq"].as_i64().unwrap();
+        match received.last_mut() {
+            Some((last, count)) if *last == seq => *count += 1,
+            _ => received.push((seq, 1)),
+        }
+    }
+    if received != log {
+        let missing: Vec<_> = log.iter().filter(|t| !received.contains(t)).take(10).collect();
+        let extra: Vec<_> = received.iter().filter(|t| !log.contains(t)).take(10).collect();
+        panic!(
+            "received {} transactions, log has {}; missing {missing:?}; extra {extra:?}",
+            received.len(),
+            log.len()
+        );
+    }
+}
+
+/// Writers that insert continuously from `tasks` connections until stopped;
+/// they retry through database outages, like a real application would.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Writers {
+    pub fn start(url: &str, tasks: usize, limit: usize) -> Writers {
+        Writers::start_padded(url, tasks, limit, 0)
+    }
+
+    /// Like `start`, with `pad` extra bytes in every row.
+    pub fn start_padded(url: &str, tasks: usize, limit: usize, pad: usize) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..tasks)
+            .map(|w| {
+                let stop = stop.clone();
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    let pool = PgPoolOptions::new().max_connections(1).connect_lazy(&url).unwrap();
+                    let mut done = 0;
+                    while done < limit && !stop.load(Ordering::SeqCst) {
+                        let sql = if done % 4 == 3 {
+                            format!("BEGIN; INSERT INTO text_elements (type, label) VALUES ('title', 'w{w}-{done}'); UPDATE text_elements SET label = label || repeat('!', {pad}) WHERE label = 'w{w}-{done}'; COMMIT;")
+                        } else {
+                            format!("INSERT INTO text_elements (type, label) VALUES ('footnote', 'w{w}-{done}' || repeat('.', {pad}))")
+                        };
+                        match sqlx::raw_sql(&sql).execute(&pool).await {
+                            Ok(_) => done += 1,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                    pool.close().await;
+                    done
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    /// Stops them and returns how many transactions they committed.
+    pub async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.finish().await
+    }
+
+    /// Waits for them to reach their limit.
+    pub async fn finish(self) -> usize {
+        let mut total = 0;
+        for handle in self.handles {
+            total += handle.await.unwrap();
+        }
+        total
+    }
+}
+
+/// Writes a marker row and reads `client` until its event arrives; returns every event up to it.
+pub async fn read_until_marker(db: &TestDb, client: &mut Client) -> Vec<Value> {
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker-' || gen_random_uuid())")
+        .await;
+    read_until_first_marker(client).await
+}
+
+/// Reads `client` up to and including the first marker row's event.
+pub async fn read_until_first_marker(client: &mut Client) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let event = client.events(1).await.remove(0);
+        let marker = event["data"]["study_label"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("marker"));
+        events.push(event);
+        if marker {
+            return events;
+        }
+    }
+}
+
+/// A TCP proxy in front of Postgres that can silently cut the connections it
+/// carries (no FIN, no RST: a half-open connection), while new ones go through.
+pub struct Proxy {
+    pub port: u16,
+    generation: std::sync::Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = std::sync::Arc::new(AtomicUsize::new(0));
+        let gen = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let born = gen.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pipe(client_read, server_write, gen.clone(), born));
+                tokio::spawn(pipe(server_read, client_write, gen.clone(), born));
+            }
+        });
+        Proxy { port, generation }
+    }
+
+    /// Every connection open now goes silent in both directions.
+    pub fn cut_existing(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    generation: std::sync::Arc<AtomicUsize>,
+    born: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if generation.load(Ordering::SeqCst) != born {
+            // Cut: swallow everything and keep both ends open, like a dead link.
+            let _hold = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
