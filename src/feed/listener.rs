@@ -85,12 +85,6 @@ impl Listener {
 
     /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        // One connection at most, so a DBA sees exactly one pgfeed-listener.
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(db::connect_options(&self.url, db::LISTENER_APPLICATION_NAME)?);
         let mut backoff = Duration::from_millis(100);
         let mut started = false;
         loop {
@@ -101,6 +95,12 @@ impl Listener {
                 if !started {
                     self.start_at_head().await?;
                 }
+                // A pool of its own per connection, one connection at most: a lost
+                // connection is never handed back, and a DBA sees exactly one listener.
+                let listen_pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(LOG_READ_TIMEOUT)
+                    .connect_lazy_with(db::connect_options(&self.url, db::LISTENER_APPLICATION_NAME)?);
                 let mut listener = PgListener::connect_with(&listen_pool).await.context("connecting")?;
                 listener.listen(CHANNEL).await.context("LISTEN")?;
                 let options = db::connect_options(&self.url, db::LOG_READER_APPLICATION_NAME)?;
