@@ -16,7 +16,7 @@ CREATE SCHEMA pgfeed;
 -- One row per row change. `tx` ties it to its transaction; the transaction's
 -- commit position lives in pgfeed.commits.
 CREATE TABLE pgfeed.events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_name  text NOT NULL,
     prefix      text NOT NULL,
@@ -24,18 +24,22 @@ CREATE TABLE pgfeed.events (
     new         jsonb,
     old         jsonb,
     actor       text,
-    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The log is read by transaction, in statement order: one index serves both.
+    PRIMARY KEY (tx, id)
 );
-CREATE INDEX events_tx_id_idx ON pgfeed.events (tx, id);
 
 -- One row per writing transaction. `seq` is strictly increasing in commit order.
+-- Written inside the serialized commit section, so it carries as few indexes as
+-- possible: the log is read by seq; retention finds old rows through a BRIN
+-- index (committed_at grows with seq).
 CREATE TABLE pgfeed.commits (
     seq           bigint PRIMARY KEY,
-    tx            xid8 NOT NULL UNIQUE,
+    tx            xid8 NOT NULL,
     size          integer NOT NULL,
     committed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX commits_committed_at_idx ON pgfeed.commits (committed_at);
+CREATE INDEX commits_committed_at_idx ON pgfeed.commits USING brin (committed_at);
 
 CREATE SEQUENCE pgfeed.commit_seq AS bigint;
 
@@ -91,6 +95,11 @@ $$;
 -- the same transaction (rows written after the first, e.g. by another deferred
 -- trigger) announces only the rows not announced yet, under the same seq.
 --
+-- Commits of notifying transactions are serialized by Postgres anyway, and the
+-- commit lock is held through the commit, so everything that does not need the
+-- seq happens before the lock: the notification bodies are built first and
+-- only get their "seq" prefixed under the lock.
+--
 -- A transaction of up to 100 rows gets one notification per row, carrying
 -- the row; a larger one gets a single summary with "fetch": true and the
 -- listener pages the log. A row notification of 8000 bytes or more (Postgres'
@@ -101,57 +110,62 @@ DECLARE
     this_tx     xid8 := pg_catalog.pg_current_xact_id();
     commit_seq  bigint := NULLIF(pg_catalog.current_setting('pgfeed.seq', true), '')::bigint;
     announced   bigint := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.announced', true), '')::bigint, 0);
+    before      integer := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.size', true), '')::integer, 0);
     fresh       integer;
     last_id     bigint;
     total       integer;
-    r           record;
-    payload     text;
+    bodies      text[];
+    body        text;
 BEGIN
-    SELECT count(*), max(e.id) INTO fresh, last_id
-      FROM pgfeed.events e WHERE e.tx = this_tx AND e.id > announced;
+    -- Up to 101 rows with their notification bodies (all but the seq).
+    SELECT pg_catalog.count(*), pg_catalog.max(e.id),
+           pg_catalog.array_agg(e.body ORDER BY e.id)
+      INTO fresh, last_id, bodies
+      FROM (SELECT e.id, pg_catalog.json_build_object(
+                       'id', e.id, 'table', e.table_name, 'prefix', e.prefix, 'op', e.op,
+                       'new', e.new, 'old', e.old, 'actor', e.actor,
+                       'at', pg_catalog.to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                       'tx_index', 0)::text AS body
+              FROM pgfeed.events e
+             WHERE e.tx = this_tx AND e.id > announced
+             ORDER BY e.id
+             LIMIT 101) e;
     IF fresh = 0 THEN
         RETURN NULL;
     END IF;
+    IF fresh > 100 THEN
+        SELECT pg_catalog.count(*), pg_catalog.max(e.id) INTO fresh, last_id
+          FROM pgfeed.events e WHERE e.tx = this_tx AND e.id > announced;
+    END IF;
+    total := before + fresh;
+    PERFORM pg_catalog.set_config('pgfeed.announced', last_id::text, true);
+    PERFORM pg_catalog.set_config('pgfeed.size', total::text, true);
 
     IF commit_seq IS NULL THEN
         -- 0x706766656564 is 'pgfeed' in ASCII: the one commit-order lock.
         PERFORM pg_catalog.pg_advisory_xact_lock(123589090198884);
         commit_seq := pg_catalog.nextval('pgfeed.commit_seq');
-        INSERT INTO pgfeed.commits (seq, tx, size) VALUES (commit_seq, this_tx, fresh);
-        total := fresh;
+        INSERT INTO pgfeed.commits (seq, tx, size) VALUES (commit_seq, this_tx, total);
         PERFORM pg_catalog.set_config('pgfeed.seq', commit_seq::text, true);
     ELSE
-        UPDATE pgfeed.commits SET size = size + fresh WHERE seq = commit_seq
-        RETURNING size INTO total;
+        UPDATE pgfeed.commits SET size = total WHERE seq = commit_seq;
     END IF;
-    PERFORM pg_catalog.set_config('pgfeed.announced', last_id::text, true);
 
     IF fresh > 100 THEN
         PERFORM pg_catalog.pg_notify('pgfeed', pg_catalog.json_build_object(
-            'seq', commit_seq, 'tx_index', total - fresh, 'tx_size', total,
+            'seq', commit_seq, 'tx_index', before, 'tx_size', total,
             'count', fresh, 'fetch', true)::text);
         RETURN NULL;
     END IF;
-
-    FOR r IN
-        SELECT e.id, e.table_name, e.prefix, e.op, e.new, e.old, e.actor,
-               pg_catalog.to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at,
-               total - fresh + (pg_catalog.row_number() OVER (ORDER BY e.id))::integer - 1 AS tx_index
-          FROM pgfeed.events e
-         WHERE e.tx = this_tx AND e.id > announced
-         ORDER BY e.id
-    LOOP
-        payload := pg_catalog.json_build_object(
-            'seq', commit_seq, 'id', r.id, 'table', r.table_name, 'prefix', r.prefix,
-            'op', r.op, 'new', r.new, 'old', r.old, 'actor', r.actor, 'at', r.at,
-            'tx_index', r.tx_index, 'tx_size', total)::text;
-        IF pg_catalog.octet_length(payload) >= 8000 THEN
-            payload := pg_catalog.json_build_object(
-                'seq', commit_seq, 'id', r.id, 'table', r.table_name, 'prefix', r.prefix,
-                'op', r.op, 'actor', r.actor, 'at', r.at,
-                'tx_index', r.tx_index, 'tx_size', total, 'fetch', true)::text;
+    FOR i IN 1 .. fresh LOOP
+        -- Each body ends in "tx_index" : 0}: put the real index, the size and the seq in.
+        body := '{"seq" : ' || commit_seq || ', '
+             || pg_catalog.left(pg_catalog.substr(bodies[i], 2), -2)
+             || (before + i - 1) || ', "tx_size" : ' || total || '}';
+        IF pg_catalog.octet_length(body) >= 8000 THEN
+            body := (pg_catalog.jsonb_set(body::jsonb - 'new' - 'old', '{fetch}', 'true'))::text;
         END IF;
-        PERFORM pg_catalog.pg_notify('pgfeed', payload);
+        PERFORM pg_catalog.pg_notify('pgfeed', body);
     END LOOP;
     RETURN NULL;
 END;

@@ -24,6 +24,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the SQL in migrations/ (idempotent).
     Migrate(MigrateArgs),
+    /// Measure write cost against the reference designs (figures, never assertions).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the database is.

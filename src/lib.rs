@@ -17,8 +17,10 @@
 //! 6. [`http`]: the routes; [`http::session`] serves one WebSocket, falling back
 //!    to the log whenever it is behind.
 //!
-//! [`server`] wires these together; [`config`] is the command line.
+//! [`server`] wires these together; [`config`] is the command line; [`bench`]
+//! measures the figures of DESIGN §7.
 
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod feed;

@@ -51,6 +51,7 @@ async fn main() -> Result<()> {
             drop(cluster);
             Ok(())
         }
+        Command::Bench(args) => pgfeed::bench::run(args).await,
         Command::Migrate(args) => {
             let (url, cluster) = database(&args.database)?;
             ensure_embedded_database(&cluster).await?;
