@@ -571,3 +571,38 @@ async fn serve_with_embedded_postgres_sends_1001_on_sigterm_and_exits_0() {
         .unwrap();
     assert!(status.success(), "serve exited with {status}");
 }
+
+#[tokio::test]
+async fn heartbeats_drop_a_silent_peer_and_health_endpoints_answer() {
+    let db = TestDb::new().await;
+    let settings = pgfeed::server::Settings {
+        limits: pgfeed::http::Limits {
+            heartbeat: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = db.server_with(settings).await;
+    assert_eq!(common::http_get(&server, "/healthz").await.0, 200);
+    assert_eq!(common::http_get(&server, "/readyz").await.0, 200);
+
+    // A live client answers pings (its library does) and stays connected.
+    let mut live = Client::connect(&server, "/ws").await;
+    live.next_of("connected").await;
+    // A silent peer: connected, then never reads, so it never answers a ping.
+    let silent = Client::connect(&server, "/ws").await;
+    assert_eq!(server.state.metrics.ws_connections.load(Ordering::Relaxed), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.state.metrics.ws_connections.load(Ordering::Relaxed) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent peer was never dropped"
+        );
+        // Keep the live client reading so its library answers the pings.
+        let _ = live.next_within(Duration::from_millis(50)).await;
+    }
+    live.send(json!({"action": "ping"})).await;
+    assert_eq!(live.next_of("pong").await["type"], "pong");
+    drop(silent);
+    server.stop().await.unwrap();
+}
