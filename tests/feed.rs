@@ -275,9 +275,7 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
             })
         })
         .collect();
-    let mut client = Client::connect(&server, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({"tables": ["studies"]})).await;
+    let mut client = Client::subscribed(&server, json!({"tables": ["studies"]})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     client.send(json!({"action": "snapshot", "table": "studies"})).await;
     // Events before the snapshot reply belong to before it; rebuild from the snapshot on.
@@ -365,30 +363,12 @@ async fn five_thousand_events_from_eight_writers_reach_three_clients_identically
     let server = db.server().await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut c = Client::connect(&server, "/ws").await;
-        c.next_of("connected").await;
-        c.subscribe(json!({})).await;
+        let c = Client::subscribed(&server, json!({})).await;
         clients.push(c);
     }
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let pool = db.pool.clone();
-            tokio::spawn(async move {
-                for i in 0..625 {
-                    let sql = if i % 5 == 4 {
-                        format!("BEGIN; INSERT INTO text_elements (type, label) VALUES ('title', 'w{w}-{i}'); UPDATE text_elements SET label = label || '!' WHERE label = 'w{w}-{i}'; COMMIT;")
-                    } else {
-                        format!("INSERT INTO text_elements (type, label) VALUES ('footnote', 'w{w}-{i}')")
-                    };
-                    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
-    let expected = 8 * (500 + 125 * 2);
+    // 8 writers × 500 transactions, a quarter of them two rows: 5,000 events.
+    assert_eq!(common::Writers::start(&db.url, 8, 500).finish().await, 4000);
+    let expected = 5000;
     let mut streams = Vec::new();
     for c in clients.iter_mut() {
         let events = c.events(expected).await;
@@ -397,7 +377,7 @@ async fn five_thousand_events_from_eight_writers_reach_three_clients_identically
         let mut distinct = seqs.clone();
         distinct.dedup();
         assert!(distinct.windows(2).all(|w| w[1] == w[0] + 1), "gap in the seq stream");
-        assert_eq!(distinct.len(), 8 * 625);
+        assert_eq!(distinct.len(), 4000);
         streams.push(
             events
                 .iter()
@@ -422,9 +402,7 @@ async fn a_one_megabyte_row_arrives_whole_and_a_fifty_thousand_row_update_arrive
     db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g")
         .await;
     let server = db.server().await;
-    let mut client = Client::connect(&server, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({"tables": ["text_elements"]})).await;
+    let mut client = Client::subscribed(&server, json!({"tables": ["text_elements"]})).await;
 
     db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)")
         .await;
@@ -457,9 +435,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         ..Default::default()
     };
     let server = db.server_with(settings).await;
-    let mut bystander = Client::connect(&server, "/ws").await;
-    bystander.next_of("connected").await;
-    bystander.subscribe(json!({"tables": ["studies"]})).await;
+    let mut bystander = Client::subscribed(&server, json!({"tables": ["studies"]})).await;
 
     let mut client = Client::connect(&server, "/ws").await;
     client.next_of("connected").await;

@@ -68,9 +68,7 @@ async fn killing_the_listener_five_times_during_twenty_thousand_events_loses_not
     let server = db.server().await;
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let mut c = Client::connect(&server, "/ws").await;
-        c.next_of("connected").await;
-        c.subscribe(json!({})).await;
+        let c = Client::subscribed(&server, json!({})).await;
         clients.push(c);
     }
     // 8 writers × 2000 transactions, a quarter of them two rows: 20,000 events.
@@ -126,9 +124,7 @@ async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
         pool,
     };
     let server = db.server().await;
-    let mut client = Client::connect(&server, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({})).await;
+    let mut client = Client::subscribed(&server, json!({})).await;
     let writers = Writers::start(&url, 4, 600);
     tokio::time::sleep(Duration::from_millis(600)).await;
     cluster.restart().unwrap();
@@ -152,14 +148,10 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody() {
         ..Default::default()
     };
     let server = db.server_with(settings).await;
-    let mut stuck = Client::connect(&server, "/ws").await;
-    stuck.next_of("connected").await;
-    stuck.subscribe(json!({})).await;
+    let stuck = Client::subscribed(&server, json!({})).await;
     let mut clients = Vec::new();
     for _ in 0..10 {
-        let mut c = Client::connect(&server, "/ws").await;
-        c.next_of("connected").await;
-        c.subscribe(json!({})).await;
+        let c = Client::subscribed(&server, json!({})).await;
         clients.push(c);
     }
     // 10,000 events of about 2 KB: far more than socket buffers hold.
@@ -199,9 +191,7 @@ async fn a_client_that_reads_slowly_gets_every_event_in_order() {
             ..Default::default()
         })
         .await;
-    let mut client = Client::connect(&server, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({})).await;
+    let mut client = Client::subscribed(&server, json!({})).await;
     // 2,500 events of 8 KB (each fetched from the log by the listener): far more
     // than the socket buffers and the hub's ring hold while the client dawdles.
     let writers = Writers::start_padded(&db.url, 4, 500, 8000);
@@ -349,9 +339,7 @@ async fn a_silently_dead_listener_connection_is_replaced_within_seconds() {
     let proxied = db.url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
     let server = pgfeed::server::start(&proxied, Settings::default()).await.unwrap();
     common::wait_ready(&server).await;
-    let mut client = Client::connect(&server, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({})).await;
+    let mut client = Client::subscribed(&server, json!({})).await;
     db.exec("INSERT INTO studies (study_label) VALUES ('before')").await;
     assert_eq!(client.events(1).await[0]["data"]["study_label"], "before");
 

@@ -261,6 +261,14 @@ impl Client {
         events
     }
 
+    /// A `/ws` client past `connected` with `subscription` in force.
+    pub async fn subscribed(running: &Running, subscription: Value) -> Client {
+        let mut client = Client::connect(running, "/ws").await;
+        client.next_of("connected").await;
+        client.subscribe(subscription).await;
+        client
+    }
+
     /// Sends `subscribe` and waits for `subscribed`.
     pub async fn subscribe(&mut self, subscription: Value) -> Value {
         let mut message = subscription;
