@@ -189,14 +189,29 @@ LANGUAGE sql STABLE AS $$
                     (SELECT pruned_through FROM pgfeed.retention), 0);
 $$;
 
+-- Drops pgfeed's capture triggers from `target`, if it has them.
+CREATE FUNCTION pgfeed.drop_capture_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    name text;
+BEGIN
+    FOR name IN SELECT tgname FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = target AND tgname IN ('pgfeed_capture', 'pgfeed_capture_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', name, target);
+    END LOOP;
+END;
+$$;
+
+-- Tracks `target`: its writes become events named <event_prefix>_created,
+-- _updated, _deleted and _truncated. Calling it again changes the prefix.
 CREATE FUNCTION pgfeed.track(target regclass, event_prefix text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF event_prefix IS NULL OR event_prefix !~ '^[a-z][a-z0-9_]*$' THEN
         RAISE EXCEPTION 'pgfeed.track: event prefix % must match ^[a-z][a-z0-9_]*$', event_prefix;
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS pgfeed_capture ON %s', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS pgfeed_capture_truncate ON %s', target);
+    PERFORM pgfeed.drop_capture_triggers(target);
     EXECUTE format('CREATE TRIGGER pgfeed_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION pgfeed.capture(%L)', target, event_prefix);
     EXECUTE format('CREATE TRIGGER pgfeed_capture_truncate AFTER TRUNCATE ON %s '
@@ -206,11 +221,11 @@ BEGIN
 END;
 $$;
 
+-- Stops tracking `target`; its past events stay in the log until pruned.
 CREATE FUNCTION pgfeed.untrack(target regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS pgfeed_capture ON %s', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS pgfeed_capture_truncate ON %s', target);
+    PERFORM pgfeed.drop_capture_triggers(target);
     DELETE FROM pgfeed.tracked_tables WHERE table_name = target;
 END;
 $$;

@@ -132,6 +132,9 @@ impl Cluster {
             cmd.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         }
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // Its own process group: a Ctrl-C in the terminal reaches pgfeed, which
+        // closes its connections and then stops Postgres, in that order.
+        cmd.process_group(0);
         as_user(&mut cmd, self.run_as.as_ref());
         // SAFETY: prctl is async-signal-safe; it runs in the child after setuid, which
         // would otherwise clear it. SIGINT asks the postmaster for a fast shutdown.
