@@ -107,8 +107,20 @@ impl Encoder<'_> {
         };
 
         let pearl = pearl::is_pearl_table(&change.table);
-        let new_row = change.new.as_ref().and_then(|row| self.typed(&change.table, row));
-        let old_row = change.old.as_ref().and_then(|row| self.typed(&change.table, row));
+        let new_row = change.new.as_ref().and_then(|row| pearl::type_row(&change.table, row));
+        let old_row = change.old.as_ref().and_then(|row| pearl::type_row(&change.table, row));
+        let misfit = [&new_row, &old_row]
+            .into_iter()
+            .flatten()
+            .find_map(|typed| typed.as_ref().err());
+        if let Some(err) = misfit {
+            tracing::debug!(table = %change.table, error = %err, "row does not fit its PEARL type; sent generic");
+            // Counted once per change, by the listener (a client's replay encodes it again).
+            if self.counts.is_some() {
+                Metrics::inc(&self.metrics.events_untyped);
+            }
+        }
+        let (new_row, old_row) = (new_row.and_then(Result::ok), old_row.and_then(Result::ok));
 
         let mut derived: Vec<&'static str> = Vec::new();
         let mut unresolved_count = None;
@@ -172,16 +184,5 @@ impl Encoder<'_> {
             });
         }
         events
-    }
-
-    fn typed(&self, table: &str, row: &Value) -> Option<Row> {
-        match pearl::type_row(table, row)? {
-            Ok(row) => Some(row),
-            Err(err) => {
-                tracing::debug!(table, error = %err, "row does not fit its PEARL type; sent generic");
-                Metrics::inc(&self.metrics.events_untyped);
-                None
-            }
-        }
     }
 }
