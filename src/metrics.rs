@@ -18,6 +18,8 @@ pub struct Metrics {
     pub ws_connections_total: AtomicU64,
     pub client_errors: AtomicU64,
     pub head_seq: AtomicI64,
+    /// The most events any connection has had waiting in the hub's ring.
+    pub client_lag_max: AtomicI64,
 }
 
 impl Metrics {
@@ -82,7 +84,12 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "pgfeed_client_lag_max",
+                "Most events any connection has had waiting in the hub's ring (bounded by its capacity).",
+                self.client_lag_max.load(Ordering::Relaxed),
+            ),
             (
                 "pgfeed_ws_connections",
                 "Open WebSocket connections.",

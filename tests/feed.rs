@@ -168,6 +168,26 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(gone[1]["type"], "package_item_deleted");
     assert_eq!(gone[1]["seq"], gone[0]["seq"]);
 
+    // Deletes of every remaining entity, children first.
+    for (table, prefix) in [
+        ("tracker_comments", "comment"),
+        ("reporting_effort_trackers", "reporting_effort_tracker"),
+        ("reporting_effort_items", "reporting_effort_item"),
+        ("reporting_efforts", "reporting_effort"),
+        ("database_releases", "database_release"),
+        ("text_elements", "text_element"),
+    ] {
+        let rows = db.scalar_i64(&format!("SELECT count(*) FROM {table}")).await as usize;
+        assert!(rows > 0);
+        db.exec(&format!("DELETE FROM {table}")).await;
+        for e in client.events(rows).await {
+            assert_eq!(e["type"], format!("{prefix}_deleted"));
+            assert!(e["data"]["id"].is_i64());
+        }
+    }
+    db.exec("DELETE FROM users WHERE id = 2").await;
+    assert_eq!(client.events(1).await[0]["type"], "user_deleted");
+
     // A column added by a DBA: still delivered (generic), and counted.
     db.exec("ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1")
         .await;

@@ -229,6 +229,7 @@ impl Session {
                 }
                 event = self.rx.recv() => match event {
                     Ok(event) => {
+                        self.state.metrics.client_lag_max.fetch_max(self.rx.len() as i64 + 1, Ordering::Relaxed);
                         self.on_event(socket, &event).await?;
                         if self.rx.is_empty() {
                             self.flush(socket).await?;
