@@ -21,8 +21,8 @@ CREATE TABLE pgfeed.events (
     table_name  text NOT NULL,
     prefix      text NOT NULL,
     op          text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
-    new         jsonb,
-    old         jsonb,
+    new         json,
+    old         json,
     actor       text,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- The log is read by transaction, in statement order: one index serves both.
@@ -59,126 +59,110 @@ CREATE TABLE pgfeed.tracked_tables (
 CREATE VIEW pgfeed.tracked AS
     SELECT table_name, prefix, tracked_at FROM pgfeed.tracked_tables ORDER BY table_name::text;
 
+-- Notifications on channel `pgfeed` (what the listener reads):
+--
+--   a row:    {"id", "table", "prefix", "op", "new", "old", "actor", "at", "tx_index"}
+--             sent by the row's own trigger, at write time, for the first 100 rows
+--             of a transaction; "fetch": true (and no new/old) when the row would
+--             make the payload 8000 bytes or more, Postgres' limit.
+--   a commit: {"seq", "tx_size", "commit": true}, sent at commit after the rows.
+--
+-- Postgres delivers one transaction's notifications together, in the order they
+-- were sent, and the commits of notifying transactions one after another, so a
+-- listener sees each transaction's rows followed by its commit. Whatever does
+-- not add up (fewer rows than tx_size, a fetch, a gap in seq) is read from the
+-- log instead. Building the row payloads at write time keeps them out of the
+-- serialized commit section, which then holds only the lock, the seq, the
+-- commits row and one short notification.
+
 -- Row trigger on every tracked table (and statement trigger for TRUNCATE).
--- TG_ARGV[0] is the event prefix. The first event of a (sub)transaction sets
--- pgfeed.queued, so assign_commit_seq is queued once per transaction, not once
--- per row; a rolled-back savepoint resets the setting together with its rows.
+-- TG_ARGV[0] is the event prefix. pgfeed.rows counts the transaction's events
+-- (a rolled-back savepoint rolls it back with its rows); the first event of a
+-- transaction queues assign_commit_seq.
 CREATE FUNCTION pgfeed.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    tbl   text := CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
-                       ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END;
-    who   text := NULLIF(pg_catalog.current_setting('pgfeed.actor', true), '');
+    tbl       text := CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
+                           ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END;
+    who       text := NULLIF(pg_catalog.current_setting('pgfeed.actor', true), '');
+    n         integer := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.rows', true), '')::integer, 0);
+    new_doc   json;
+    old_doc   json;
+    event_id  bigint;
+    at        timestamptz := pg_catalog.clock_timestamp();
+    payload   text;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO pgfeed.events (table_name, prefix, op, new, actor)
-        VALUES (tbl, TG_ARGV[0], 'INSERT', pg_catalog.to_jsonb(NEW), who);
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO pgfeed.events (table_name, prefix, op, new, old, actor)
-        VALUES (tbl, TG_ARGV[0], 'UPDATE', pg_catalog.to_jsonb(NEW), pg_catalog.to_jsonb(OLD), who);
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO pgfeed.events (table_name, prefix, op, old, actor)
-        VALUES (tbl, TG_ARGV[0], 'DELETE', pg_catalog.to_jsonb(OLD), who);
-    ELSE
-        INSERT INTO pgfeed.events (table_name, prefix, op, actor)
-        VALUES (tbl, TG_ARGV[0], 'TRUNCATE', who);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_doc := pg_catalog.to_json(NEW);
     END IF;
-    IF pg_catalog.current_setting('pgfeed.queued', true) IS DISTINCT FROM 'on' THEN
-        PERFORM pg_catalog.set_config('pgfeed.queued', 'on', true);
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_doc := pg_catalog.to_json(OLD);
+    END IF;
+    -- Counted before the log row is written: the commit trigger may fire right
+    -- after that insert (SET CONSTRAINTS ALL IMMEDIATE) and must see it.
+    PERFORM pg_catalog.set_config('pgfeed.rows', (n + 1)::text, true);
+    INSERT INTO pgfeed.events (table_name, prefix, op, new, old, actor, created_at)
+    VALUES (tbl, TG_ARGV[0], TG_OP, new_doc, old_doc, who, at)
+    RETURNING id INTO event_id;
+    -- Rows written after the commit position was assigned are left to the log.
+    IF n < 100 AND NULLIF(pg_catalog.current_setting('pgfeed.seq', true), '') IS NULL THEN
+        payload := pg_catalog.json_build_object(
+            'id', event_id, 'table', tbl, 'prefix', TG_ARGV[0], 'op', TG_OP,
+            'new', new_doc, 'old', old_doc, 'actor', who,
+            'at', pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            'tx_index', n)::text;
+        IF pg_catalog.octet_length(payload) >= 8000 THEN
+            payload := pg_catalog.json_build_object(
+                'id', event_id, 'table', tbl, 'prefix', TG_ARGV[0], 'op', TG_OP, 'actor', who,
+                'at', pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                'tx_index', n, 'fetch', true)::text;
+        END IF;
+        PERFORM pg_catalog.pg_notify('pgfeed', payload);
     END IF;
     RETURN NULL;
 END;
 $$;
 
 -- Fired at commit (or at statement end under SET CONSTRAINTS ALL IMMEDIATE).
--- The first firing takes the commit lock and the next seq; any later firing in
+-- The first firing takes the commit lock and the next seq; a later firing in
 -- the same transaction (rows written after the first, e.g. by another deferred
--- trigger) announces only the rows not announced yet, under the same seq.
---
--- Commits of notifying transactions are serialized by Postgres anyway, and the
--- commit lock is held through the commit, so everything that does not need the
--- seq happens before the lock: the notification bodies are built first and
--- only get their "seq" prefixed under the lock.
---
--- A transaction of up to 100 rows gets one notification per row, carrying
--- the row; a larger one gets a single summary with "fetch": true and the
--- listener pages the log. A row notification of 8000 bytes or more (Postgres'
--- limit) is sent without new/old and with "fetch": true.
+-- trigger) only updates the size and announces it again; the listener reads
+-- such a transaction from the log.
 CREATE FUNCTION pgfeed.assign_commit_seq() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    this_tx     xid8 := pg_catalog.pg_current_xact_id();
     commit_seq  bigint := NULLIF(pg_catalog.current_setting('pgfeed.seq', true), '')::bigint;
-    announced   bigint := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.announced', true), '')::bigint, 0);
-    before      integer := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.size', true), '')::integer, 0);
-    fresh       integer;
-    last_id     bigint;
-    total       integer;
-    bodies      text[];
-    body        text;
+    total       integer := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.rows', true), '')::integer, 0);
+    announced   integer := COALESCE(NULLIF(pg_catalog.current_setting('pgfeed.announced', true), '')::integer, 0);
 BEGIN
-    -- Up to 101 rows with their notification bodies (all but the seq).
-    SELECT pg_catalog.count(*), pg_catalog.max(e.id),
-           pg_catalog.array_agg(e.body ORDER BY e.id)
-      INTO fresh, last_id, bodies
-      FROM (SELECT e.id, pg_catalog.json_build_object(
-                       'id', e.id, 'table', e.table_name, 'prefix', e.prefix, 'op', e.op,
-                       'new', e.new, 'old', e.old, 'actor', e.actor,
-                       'at', pg_catalog.to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                       'tx_index', 0)::text AS body
-              FROM pgfeed.events e
-             WHERE e.tx = this_tx AND e.id > announced
-             ORDER BY e.id
-             LIMIT 101) e;
-    IF fresh = 0 THEN
+    IF total <= announced THEN
         RETURN NULL;
     END IF;
-    IF fresh > 100 THEN
-        SELECT pg_catalog.count(*), pg_catalog.max(e.id) INTO fresh, last_id
-          FROM pgfeed.events e WHERE e.tx = this_tx AND e.id > announced;
-    END IF;
-    total := before + fresh;
-    PERFORM pg_catalog.set_config('pgfeed.announced', last_id::text, true);
-    PERFORM pg_catalog.set_config('pgfeed.size', total::text, true);
-
     IF commit_seq IS NULL THEN
-        -- 0x706766656564 is 'pgfeed' in ASCII: the one commit-order lock.
+        -- 0x706766656564 is 'pgfeed' in ASCII: the one commit-order lock, held
+        -- until the commit is complete.
         PERFORM pg_catalog.pg_advisory_xact_lock(123589090198884);
         commit_seq := pg_catalog.nextval('pgfeed.commit_seq');
-        INSERT INTO pgfeed.commits (seq, tx, size) VALUES (commit_seq, this_tx, total);
+        INSERT INTO pgfeed.commits (seq, tx, size) VALUES (commit_seq, pg_catalog.pg_current_xact_id(), total);
         PERFORM pg_catalog.set_config('pgfeed.seq', commit_seq::text, true);
     ELSE
         UPDATE pgfeed.commits SET size = total WHERE seq = commit_seq;
     END IF;
-
-    IF fresh > 100 THEN
-        PERFORM pg_catalog.pg_notify('pgfeed', pg_catalog.json_build_object(
-            'seq', commit_seq, 'tx_index', before, 'tx_size', total,
-            'count', fresh, 'fetch', true)::text);
-        RETURN NULL;
-    END IF;
-    FOR i IN 1 .. fresh LOOP
-        -- Each body ends in "tx_index" : 0}: put the real index, the size and the seq in.
-        body := '{"seq" : ' || commit_seq || ', '
-             || pg_catalog.left(pg_catalog.substr(bodies[i], 2), -2)
-             || (before + i - 1) || ', "tx_size" : ' || total || '}';
-        IF pg_catalog.octet_length(body) >= 8000 THEN
-            body := (pg_catalog.jsonb_set(body::jsonb - 'new' - 'old', '{fetch}', 'true'))::text;
-        END IF;
-        PERFORM pg_catalog.pg_notify('pgfeed', body);
-    END LOOP;
+    PERFORM pg_catalog.set_config('pgfeed.announced', total::text, true);
+    PERFORM pg_catalog.pg_notify('pgfeed',
+        '{"seq":' || commit_seq || ',"tx_size":' || total || ',"commit":true}');
     RETURN NULL;
 END;
 $$;
 
 -- Queued for the first event row of a transaction, and for every row written
 -- after the seq was assigned. The WHEN clause is evaluated when the row is
--- inserted, before capture() sets pgfeed.queued.
+-- inserted, after capture() counted it.
 CREATE CONSTRAINT TRIGGER assign_commit_seq
     AFTER INSERT ON pgfeed.events
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW
-    WHEN (pg_catalog.current_setting('pgfeed.queued', true) IS DISTINCT FROM 'on'
+    WHEN (pg_catalog.current_setting('pgfeed.rows', true) = '1'
           OR NULLIF(pg_catalog.current_setting('pgfeed.seq', true), '') IS NOT NULL)
     EXECUTE FUNCTION pgfeed.assign_commit_seq();
 

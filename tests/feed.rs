@@ -188,6 +188,24 @@ async fn every_pearl_entity_and_every_derived_event() {
     db.exec("DELETE FROM users WHERE id = 2").await;
     assert_eq!(client.events(1).await[0]["type"], "user_deleted");
 
+    // SET CONSTRAINTS ALL IMMEDIATE: the seq is taken early; both rows still arrive, in order.
+    db.exec(
+        "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;
+         INSERT INTO text_elements (type, label) VALUES ('title', 'i1');
+         INSERT INTO text_elements (type, label) VALUES ('title', 'i2'); COMMIT;",
+    )
+    .await;
+    let immediate = client.events(2).await;
+    assert_eq!(
+        (
+            immediate[0]["data"]["label"].as_str(),
+            immediate[1]["data"]["label"].as_str()
+        ),
+        (Some("i1"), Some("i2"))
+    );
+    assert_eq!(immediate[1]["tx_size"], 2);
+    assert_commit_order(&immediate);
+
     // A column added by a DBA: still delivered (generic), and counted.
     db.exec("ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1")
         .await;

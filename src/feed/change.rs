@@ -69,29 +69,36 @@ impl Change {
     }
 }
 
-/// A notification on channel `pgfeed` (see migrations/0002). With `fetch` the
-/// row (or, for a large transaction, the rows) must be read from the log.
+/// A notification on channel `pgfeed` (see migrations/0002): a row, sent at
+/// write time, or the commit that closes a transaction's rows.
 #[derive(Debug, Deserialize)]
-pub struct Notice {
-    pub seq: i64,
-    #[serde(default)]
-    pub id: Option<i64>,
-    #[serde(default)]
-    pub table: Option<String>,
-    #[serde(default)]
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub op: Option<Op>,
+#[serde(untagged)]
+pub enum Notice {
+    Commit {
+        seq: i64,
+        tx_size: i32,
+        #[allow(dead_code)]
+        commit: bool,
+    },
+    Row(RowNotice),
+}
+
+/// One row, without its commit position (known only at commit).
+#[derive(Debug, Deserialize)]
+pub struct RowNotice {
+    pub id: i64,
+    pub table: String,
+    pub prefix: String,
+    pub op: Op,
     #[serde(default)]
     pub new: Option<Value>,
     #[serde(default)]
     pub old: Option<Value>,
     #[serde(default)]
     pub actor: Option<String>,
-    #[serde(default)]
-    pub at: Option<String>,
+    pub at: String,
     pub tx_index: i32,
-    pub tx_size: i32,
+    /// The row is too big for a notification: read it from the log.
     #[serde(default)]
     pub fetch: bool,
 }
@@ -100,24 +107,23 @@ impl Notice {
     pub fn parse(payload: &str) -> serde_json::Result<Notice> {
         serde_json::from_str(payload)
     }
+}
 
-    /// The change this notice carries whole, or `None` when it must be read from the log.
-    pub fn into_change(self) -> Option<Change> {
-        if self.fetch {
-            return None;
-        }
-        Some(Change {
-            seq: self.seq,
-            id: self.id?,
-            table: self.table?,
-            prefix: self.prefix?,
-            op: self.op?,
+impl RowNotice {
+    /// The change, once its commit has given it a seq and a size.
+    pub fn into_change(self, seq: i64, tx_size: i32) -> Change {
+        Change {
+            seq,
+            id: self.id,
+            table: self.table,
+            prefix: self.prefix,
+            op: self.op,
             new: self.new,
             old: self.old,
             actor: self.actor,
-            at: self.at?,
+            at: self.at,
             tx_index: self.tx_index,
-            tx_size: self.tx_size,
-        })
+            tx_size,
+        }
     }
 }

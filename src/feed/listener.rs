@@ -17,7 +17,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::change::{Change, Notice};
+use super::change::{Change, Notice, RowNotice};
 use super::event::{Encoder, UnresolvedCounts};
 use super::hub::Hub;
 use crate::db::{self, log};
@@ -57,8 +57,10 @@ pub struct Listener {
     last_seq: i64,
     /// Its number of events, to recognise rows written after its seq was assigned.
     last_size: i32,
-    /// The notifications of the transaction being received.
-    pending: Vec<Change>,
+    /// (seq, events published) of a transaction published only in part.
+    partial: Option<(i64, i32)>,
+    /// The row notifications of the transaction being received, until its commit.
+    pending: Vec<RowNotice>,
     counts: UnresolvedCounts,
 }
 
@@ -78,6 +80,7 @@ impl Listener {
             ready,
             last_seq: 0,
             last_size: 0,
+            partial: None,
             pending: Vec::new(),
             counts: UnresolvedCounts::default(),
         }
@@ -201,37 +204,35 @@ impl Listener {
                 return self.catch_up().await;
             }
         };
-        if notice.seq <= self.last_seq {
-            // Rows written after the transaction's seq was assigned (by a later
-            // deferred trigger) arrive after its other rows: deliver them too.
-            if notice.seq == self.last_seq && notice.tx_index >= self.last_size {
-                let size = notice.tx_size;
-                match notice.into_change() {
-                    Some(change) => self.publish(change),
-                    None => return self.catch_up_from(self.last_seq - 1, self.last_size).await,
-                }
-                self.last_size = size;
+        let (seq, tx_size) = match notice {
+            Notice::Row(row) => {
+                self.pending.push(row);
+                return Ok(());
             }
-            return Ok(());
-        }
-        let continues = match self.pending.first() {
-            None => notice.seq == self.last_seq + 1 && notice.tx_index == 0,
-            Some(first) => first.seq == notice.seq && notice.tx_index == self.pending.len() as i32,
+            Notice::Commit { seq, tx_size, .. } => (seq, tx_size),
         };
-        match notice.into_change() {
-            Some(change) if continues => {
-                let whole = change.is_last_of_tx();
-                self.pending.push(change);
-                if whole {
-                    for change in std::mem::take(&mut self.pending) {
-                        self.publish(change);
-                    }
-                }
-                Ok(())
-            }
-            // A gap, a fetch or a bulk summary: the log says exactly what happened.
-            _ => self.catch_up().await,
+        let rows = std::mem::take(&mut self.pending);
+        if seq < self.last_seq || (seq == self.last_seq && tx_size <= self.last_size) {
+            return Ok(()); // already delivered from the log
         }
+        if seq == self.last_seq {
+            // Rows written after the seq was assigned: the log has them whole.
+            return self.catch_up_from(seq - 1, Some((seq, self.last_size))).await;
+        }
+        let whole = seq == self.last_seq + 1
+            && rows.len() == tx_size as usize
+            && rows
+                .iter()
+                .enumerate()
+                .all(|(i, row)| row.tx_index == i as i32 && !row.fetch);
+        if !whole {
+            // A gap, an oversized row or a large transaction: the log says exactly what happened.
+            return self.catch_up().await;
+        }
+        for row in rows {
+            self.publish(row.into_change(seq, tx_size));
+        }
+        Ok(())
     }
 
     async fn catch_up_if_behind(&mut self) -> sqlx::Result<()> {
@@ -242,12 +243,16 @@ impl Listener {
     }
 
     /// Delivers everything in the log after the last whole transaction delivered.
+    /// A transaction the hub already has the first events of (a catch-up that
+    /// failed half way) is continued, not repeated.
     async fn catch_up(&mut self) -> sqlx::Result<()> {
-        self.catch_up_from(self.last_seq, 0).await
+        self.catch_up_from(self.last_seq, self.partial).await
     }
 
-    /// Delivers the log after `seq`, skipping the first `skip` events (already delivered).
-    async fn catch_up_from(&mut self, seq: i64, mut skip: i32) -> sqlx::Result<()> {
+    /// Delivers the log after `seq`, skipping the first `n` events of transaction
+    /// `s` for `skip = Some((s, n))` (already delivered).
+    async fn catch_up_from(&mut self, seq: i64, skip: Option<(i64, i32)>) -> sqlx::Result<()> {
+        let (skip_seq, mut skip) = skip.unwrap_or((0, 0));
         Metrics::inc(&self.metrics.log_catch_ups);
         self.pending.clear();
         let mut cursor = log::Cursor::after(seq);
@@ -257,7 +262,7 @@ impl Listener {
                 return Ok(());
             }
             for change in changes {
-                if skip > 0 && change.seq == seq + 1 && change.seq == self.last_seq {
+                if skip > 0 && change.seq == skip_seq {
                     skip -= 1;
                     continue;
                 }
@@ -272,7 +277,7 @@ impl Listener {
     }
 
     fn publish(&mut self, change: Change) {
-        let (seq, size, whole) = (change.seq, change.tx_size, change.is_last_of_tx());
+        let (seq, size, whole, tx_index) = (change.seq, change.tx_size, change.is_last_of_tx(), change.tx_index);
         let mut encoder = Encoder {
             metrics: &self.metrics,
             counts: Some(&mut self.counts),
@@ -281,6 +286,7 @@ impl Listener {
             Metrics::inc(&self.metrics.events_published);
             self.hub.publish(Arc::new(event));
         }
+        self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
         if whole && seq >= self.last_seq {
             self.last_seq = seq;
             self.last_size = size;

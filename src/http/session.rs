@@ -129,6 +129,8 @@ pub struct Session {
     last_seq: i64,
     /// The transaction being delivered from the hub.
     open_seq: Option<i64>,
+    /// How many of its events the session has handled (sent or filtered out).
+    open_seen: usize,
     /// Per table, the watermark of the client's latest snapshot of it: events
     /// at or below it are already in the snapshot.
     watermarks: HashMap<String, i64>,
@@ -154,6 +156,7 @@ impl Session {
             filter,
             last_seq,
             open_seq: None,
+            open_seen: 0,
             watermarks: HashMap::new(),
         }
     }
@@ -316,10 +319,12 @@ impl Session {
                 return self.catch_up(socket).await;
             }
             self.open_seq = Some(event.seq);
+            self.open_seen = 0;
         }
         if self.wants(event) {
             self.feed(socket, Message::Text(event.frame.clone())).await?;
         }
+        self.open_seen += 1;
         if event.closes_tx {
             self.last_seq = event.seq;
             self.open_seq = None;
@@ -343,7 +348,8 @@ impl Session {
         // A fresh place at the live end first: whatever the hub gets from now on
         // is kept for us, and whatever it got before is in the log we read next.
         self.rx = self.state.hub.subscribe();
-        self.open_seq = None;
+        // Part of a transaction may be out already: the log continues it, not repeats it.
+        let (partial_seq, mut partial_seen) = (self.open_seq.take(), std::mem::take(&mut self.open_seen));
         if self.filter.is_none() {
             self.last_seq = self.state.hub.head();
             return Ok(());
@@ -368,7 +374,9 @@ impl Session {
             };
             for change in changes {
                 for event in encoder.encode(change) {
-                    if self.wants(&event) {
+                    if Some(event.seq) == partial_seq && partial_seen > 0 {
+                        partial_seen -= 1;
+                    } else if self.wants(&event) {
                         self.feed(socket, Message::Text(event.frame.clone())).await?;
                     }
                     if event.closes_tx {

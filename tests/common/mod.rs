@@ -126,7 +126,11 @@ impl TestDb {
     pub async fn listen(&self) -> Notifications {
         let mut listener = PgListener::connect(&self.url).await.unwrap();
         listener.listen("pgfeed").await.unwrap();
-        Notifications { listener }
+        Notifications {
+            listener,
+            ready: Default::default(),
+            open: Vec::new(),
+        }
     }
 
     pub async fn server(&self) -> Running {
@@ -154,16 +158,39 @@ pub async fn wait_ready(running: &Running) {
 
 pub struct Notifications {
     pub listener: PgListener,
+    /// Rows whose commit has arrived, with its seq and size filled in.
+    ready: std::collections::VecDeque<Value>,
+    /// Rows still waiting for their commit.
+    open: Vec<Value>,
 }
 
 impl Notifications {
-    /// The next payload as JSON, or None after `wait` of silence.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+    /// The next raw payload as JSON, or None after `wait` of silence.
+    pub async fn next_raw_within(&mut self, wait: Duration) -> Option<Value> {
         match tokio::time::timeout(wait, self.listener.recv()).await {
             Ok(Ok(n)) => Some(serde_json::from_str(n.payload()).expect("notification is JSON")),
             Ok(Err(e)) => panic!("listener: {e}"),
             Err(_) => None,
         }
+    }
+
+    /// The next row notification, with `seq` and `tx_size` from the commit
+    /// notification that follows its transaction's rows; None after `wait` of silence.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        while self.ready.is_empty() {
+            let raw = self.next_raw_within(wait).await?;
+            if raw.get("commit").is_some() {
+                for mut row in self.open.drain(..) {
+                    row["seq"] = raw["seq"].clone();
+                    row["tx_size"] = raw["tx_size"].clone();
+                    self.ready.push_back(row);
+                }
+            } else {
+                assert!(raw.get("seq").is_none(), "a row notification carries no seq: {raw}");
+                self.open.push(raw);
+            }
+        }
+        self.ready.pop_front()
     }
 
     pub async fn next(&mut self) -> Value {
@@ -172,12 +199,13 @@ impl Notifications {
             .expect("no notification within 10 s")
     }
 
-    /// Every notification until `quiet` passes without one.
+    /// Every row notification until `quiet` passes without one.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         let mut all = Vec::new();
         while let Some(n) = self.next_within(quiet).await {
             all.push(n);
         }
+        assert!(self.open.is_empty(), "rows without a commit: {:?}", self.open);
         all
     }
 }
