@@ -97,11 +97,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     for ((name, what), (_, runs)) in VARIANTS.iter().zip(&results) {
-        let runs: Vec<String> = runs.iter().map(|t| format!("{t:.0}")).collect();
+        let each: Vec<String> = runs.iter().map(|t| format!("{t:.0}")).collect();
         println!(
             "  {name:<12} {:>8.0} tx/s   ({what}; runs: {})",
-            mean(&results.iter().find(|r| r.0 == *name).unwrap().1),
-            runs.join(", ")
+            mean(runs),
+            each.join(", ")
         );
     }
     let (plain, bare, tracked) = (mean(&results[0].1), mean(&results[1].1), mean(&results[2].1));

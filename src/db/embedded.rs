@@ -78,10 +78,6 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

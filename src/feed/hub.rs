@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::broadcast;
 
 use super::event::Event;
 
@@ -19,7 +21,8 @@ use super::event::Event;
 #[derive(Clone)]
 pub struct Hub {
     events: broadcast::Sender<Arc<Event>>,
-    head: watch::Sender<i64>,
+    /// The last transaction published whole.
+    head: Arc<AtomicI64>,
 }
 
 impl Hub {
@@ -27,7 +30,7 @@ impl Hub {
     pub fn new(capacity: usize) -> Hub {
         Hub {
             events: broadcast::channel(capacity).0,
-            head: watch::channel(0).0,
+            head: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -39,30 +42,17 @@ impl Hub {
 
     /// Records that every transaction up to `seq` has been published.
     pub fn set_head(&self, seq: i64) {
-        self.head.send_if_modified(|head| {
-            let moved = *head < seq;
-            *head = (*head).max(seq);
-            moved
-        });
+        self.head.fetch_max(seq, Ordering::SeqCst);
     }
 
     /// The last transaction published whole.
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
-    }
-
-    /// Waits for changes of the head.
-    pub fn watch_head(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
+        self.head.load(Ordering::SeqCst)
     }
 
     /// A cursor at the live end of the ring.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
-    }
-
-    pub fn subscribers(&self) -> usize {
-        self.events.receiver_count()
     }
 }
 
