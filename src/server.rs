@@ -98,13 +98,14 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         sockets: TaskTracker::new(),
     };
     let background = TaskTracker::new();
-    let listener = Listener::new(
+    let mut listener = Listener::new(
         url.to_string(),
         pool.clone(),
         state.hub.clone(),
         state.metrics.clone(),
         state.ready.clone(),
     );
+    listener.start_at_head().await.context("reading the start position")?;
     let token = shutdown.clone();
     background.spawn(async move {
         if let Err(err) = listener.run(token).await {

@@ -624,3 +624,31 @@ async fn heartbeats_drop_a_silent_peer_and_health_endpoints_answer() {
     drop(silent);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_connects_before_the_listener_is_ready_misses_nothing() {
+    let db = TestDb::new().await;
+    for i in 0..5 {
+        db.exec(&format!(
+            "INSERT INTO studies (study_label) VALUES ('before start {i}')"
+        ))
+        .await;
+    }
+    // No wait for readiness: the client and the writes race the listener's start.
+    let server = pgfeed::server::start(&db.url, Default::default()).await.unwrap();
+    let mut client = Client::connect(&server, "/ws").await;
+    let connected = client.next_of("connected").await;
+    assert_eq!(
+        connected["seq"], 5,
+        "a client starts where the feed starts: the head when the server started"
+    );
+    client.subscribe(json!({})).await;
+    for i in 0..20 {
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('early {i}')"))
+            .await;
+    }
+    let events = common::read_until_marker(&db, &mut client).await;
+    assert_eq!(events.len(), 21);
+    common::assert_matches_log(&db, &events, 5).await;
+    server.stop().await.unwrap();
+}

@@ -89,15 +89,11 @@ impl Listener {
     /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut backoff = Duration::from_millis(100);
-        let mut started = false;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let attempt = async {
-                if !started {
-                    self.start_at_head().await?;
-                }
                 // A pool of its own per connection, one connection at most: a lost
                 // connection is never handed back, and a DBA sees exactly one listener.
                 let listen_pool = PgPoolOptions::new()
@@ -128,7 +124,6 @@ impl Listener {
                     }
                 },
             };
-            started = true;
             backoff = Duration::from_millis(100);
             self.ready.store(true, Ordering::SeqCst);
             tracing::info!(seq = self.last_seq, "listener following notifications");
@@ -144,8 +139,10 @@ impl Listener {
         }
     }
 
-    /// Starts live delivery at the current head, with comment counts from the same snapshot.
-    async fn start_at_head(&mut self) -> Result<()> {
+    /// Fixes where live delivery starts: the current head, with comment counts from
+    /// the same snapshot. Call it before accepting clients: a client that connects
+    /// then starts at this head, and the listener delivers everything after it.
+    pub async fn start_at_head(&mut self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
