@@ -403,11 +403,7 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
 async fn five_thousand_events_from_eight_writers_reach_three_clients_identically() {
     let db = TestDb::new().await;
     let server = db.server().await;
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let c = Client::subscribed(&server, json!({})).await;
-        clients.push(c);
-    }
+    let mut clients = common::subscribed_to_all(&server, 3).await;
     // 8 writers × 500 transactions, a quarter of them two rows: 5,000 events.
     assert_eq!(common::Writers::start(&db.url, 8, 500).finish().await, 4000);
     let expected = 5000;

@@ -66,11 +66,7 @@ async fn resume_at_random_points_under_writes_is_exactly_once_in_order() {
 async fn killing_the_listener_five_times_during_twenty_thousand_events_loses_nothing() {
     let db = TestDb::new().await;
     let server = db.server().await;
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let c = Client::subscribed(&server, json!({})).await;
-        clients.push(c);
-    }
+    let clients = common::subscribed_to_all(&server, 2).await;
     // 8 writers × 2000 transactions, a quarter of them two rows: 20,000 events.
     let writers = Writers::start(&db.url, 8, 2000);
     let readers: Vec<_> = clients
@@ -149,11 +145,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody() {
     };
     let server = db.server_with(settings).await;
     let stuck = Client::subscribed(&server, json!({})).await;
-    let mut clients = Vec::new();
-    for _ in 0..10 {
-        let c = Client::subscribed(&server, json!({})).await;
-        clients.push(c);
-    }
+    let clients = common::subscribed_to_all(&server, 10).await;
     // 10,000 events of about 2 KB: far more than socket buffers hold.
     let writers = Writers::start_padded(&db.url, 8, 1000, 2000);
     let readers: Vec<_> = clients

@@ -306,6 +306,15 @@ impl Client {
     }
 }
 
+/// `count` clients subscribed to everything.
+pub async fn subscribed_to_all(running: &Running, count: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        clients.push(Client::subscribed(running, serde_json::json!({})).await);
+    }
+    clients
+}
+
 /// Checks a list of events is whole transactions in strictly increasing seq order.
 pub fn assert_commit_order(events: &[Value]) {
     let mut previous = (0i64, -1i64);
