@@ -527,38 +527,12 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn serve_with_embedded_postgres_sends_1001_on_sigterm_and_exits_0() {
-    use tokio::io::AsyncBufReadExt;
     let dir = common::scratch_dir("serve");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env_remove("DATABASE_URL")
-        .env("PGFEED_DATA_DIR", &dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut psql = None;
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("serve exited");
-        if line.contains("psql") {
-            psql = Some(line.clone());
-        }
-        if let Some(rest) = line.strip_prefix("pgfeed listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let psql = psql.expect("serve prints the psql command");
+    let served = common::Served::spawn(&[("PGFEED_DATA_DIR", dir.to_str().unwrap())]).await;
+    let mut child = served.child;
+    let psql = served.psql.expect("serve prints the psql command");
     let port = psql.split(" -p ").nth(1).unwrap().split_whitespace().next().unwrap();
-    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    let mut client = Client { socket };
+    let mut client = Client::connect_to(&served.addr, "/ws").await;
     client.next_of("connected").await;
     client.subscribe(json!({})).await;
 

@@ -274,42 +274,18 @@ async fn two_instances_deliver_the_same_stream_and_a_client_can_move_between_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_and_restarted_server_lets_the_client_resume_complete() {
-    use tokio::io::AsyncBufReadExt;
     let db = TestDb::new().await;
-    let spawn = || async {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("DATABASE_URL", &db.url)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next_line().await.unwrap().expect("serve exited");
-            if let Some(rest) = line.strip_prefix("pgfeed listening on http://") {
-                let addr = rest.split_whitespace().next().unwrap().to_string();
-                return (child, addr);
-            }
-        }
-    };
-    let (mut first, addr) = spawn().await;
-    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    let mut client = Client { socket };
+    let first = common::Served::spawn(&[("DATABASE_URL", &db.url)]).await;
+    let mut client = Client::connect_to(&first.addr, "/ws").await;
     client.next_of("connected").await;
     client.subscribe(json!({})).await;
     let writers = Writers::start(&db.url, 4, 500);
     let mut events = client.events(600).await;
+    let mut first = first.child;
     first.kill().await.unwrap(); // SIGKILL: no goodbye
     let cursor = keep_whole(&mut events, 0);
-    let (_second, addr) = spawn().await;
-    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?after={cursor}"))
-        .await
-        .unwrap();
-    let mut client = Client { socket };
+    let second = common::Served::spawn(&[("DATABASE_URL", &db.url)]).await;
+    let mut client = Client::connect_to(&second.addr, &format!("/ws?after={cursor}")).await;
     client.next_of("resumed").await;
     writers.finish().await;
     events.extend(read_until_marker(&db, &mut client).await);

@@ -20,8 +20,6 @@ pub struct Event {
     pub table: String,
     /// The new row (the old row for deletes); filters look into it.
     pub data: Value,
-    pub tx_index: i32,
-    pub tx_size: i32,
     /// The first event of its transaction.
     pub opens_tx: bool,
     /// The last event of its transaction (derived events included).
@@ -176,8 +174,6 @@ impl Encoder<'_> {
                 kind: kind.to_string(),
                 table: change.table.clone(),
                 data: data.clone(),
-                tx_index: change.tx_index,
-                tx_size: change.tx_size,
                 opens_tx: n == 0 && change.tx_index == 0,
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),

@@ -219,7 +219,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(running: &Running, path: &str) -> Client {
-        let url = format!("ws://{}{}", running.addr, path);
+        Client::connect_to(&running.addr.to_string(), path).await
+    }
+
+    /// A client of the server at `addr` (`host:port`), e.g. a `pgfeed serve` process.
+    pub async fn connect_to(addr: &str, path: &str) -> Client {
+        let url = format!("ws://{addr}{path}");
         let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
         Client { socket }
     }
@@ -542,6 +547,50 @@ async fn pipe(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// A `pgfeed serve` process on a free port, as a person would run it.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// The `psql` command it printed (embedded Postgres only).
+    pub psql: Option<String>,
+}
+
+impl Served {
+    /// Runs the binary with `env` (`DATABASE_URL` unset unless given) and waits
+    /// until it says where it listens.
+    pub async fn spawn(env: &[(&str, &str)]) -> Served {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut psql = None;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("serve did not start within 60 s")
+                .unwrap()
+                .expect("serve exited");
+            if line.contains("psql") {
+                psql = Some(line.clone());
+            }
+            if let Some(rest) = line.strip_prefix("pgfeed listening on http://") {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                return Served { child, addr, psql };
+            }
         }
     }
 }
