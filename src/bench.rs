@@ -16,7 +16,7 @@ use clap::Args;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::db::{self, embedded};
+use crate::db::embedded;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -66,7 +66,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .max_connections(args.writers as u32 + 2)
         .connect(&bench_url)
         .await?;
-    db::migrate(&pool).await?;
+    crate::install::migrate(&pool, false).await?;
     setup(&pool).await?;
 
     let settings: (String, String, String) = sqlx::query_as(

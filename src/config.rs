@@ -22,8 +22,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (starts a private Postgres when DATABASE_URL is not set).
     Serve(ServeArgs),
-    /// Apply the SQL in migrations/ (idempotent).
+    /// Install (or upgrade) schema pgfeed; idempotent. Touches no application table.
     Migrate(MigrateArgs),
+    /// Track a table (its writes become events), or PEARL's tables with --preset pearl.
+    Track(TrackArgs),
+    /// Stop tracking a table (its triggers are removed; its logged events stay until pruned).
+    Untrack(UntrackArgs),
+    /// Remove every pgfeed trigger and schema pgfeed; application tables and rows stay as they were.
+    Uninstall(UninstallArgs),
     /// Measure write cost against the reference designs (figures, never assertions).
     Bench(crate::bench::BenchArgs),
 }
@@ -46,8 +52,64 @@ pub struct MigrateArgs {
     pub database: DatabaseArgs,
 
     /// List applied and pending migrations instead of applying them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "print")]
     pub status: bool,
+
+    /// Print the SQL of the pending migrations instead of running it (apply it with your own tool).
+    #[arg(long)]
+    pub print: bool,
+
+    /// Also create PEARL's demo tables (for an empty database; refused where any of them exists).
+    #[arg(long)]
+    pub demo_schema: bool,
+}
+
+/// The presets `track --preset` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// PEARL's tables with the seed event prefixes; credentials in `users` left out.
+    Pearl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrackArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The table to track, as SQL names it (`studies`, `lab.equipment`).
+    #[arg(required_unless_present = "preset", conflicts_with = "preset")]
+    pub table: Option<String>,
+
+    /// Event prefix: events are named <prefix>_created, _updated, _deleted, _truncated.
+    #[arg(long, required_unless_present = "preset")]
+    pub prefix: Option<String>,
+
+    /// Columns never notified, logged, snapshotted or served (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+
+    /// Track a known set of tables: whichever of them exist.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UntrackArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The table to stop tracking.
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print the SQL instead of running it.
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -25,5 +25,6 @@ pub mod config;
 pub mod db;
 pub mod feed;
 pub mod http;
+pub mod install;
 pub mod metrics;
 pub mod server;

@@ -1,27 +1,17 @@
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pgfeed::config::{Cli, Command, DatabaseArgs};
-use pgfeed::db::{self, embedded};
-use pgfeed::server;
+use pgfeed::config::{Cli, Command, DatabaseArgs, Preset};
+use pgfeed::db::{self, migrate};
+use pgfeed::{install, server};
 
-/// The database to use: `DATABASE_URL`, or a private cluster kept alive by the returned guard.
-fn database(args: &DatabaseArgs) -> Result<(String, Option<embedded::Cluster>)> {
-    match &args.database_url {
-        Some(url) => Ok((url.clone(), None)),
-        None => {
-            let cluster = embedded::Cluster::start(&args.data_dir, embedded::Durability::Durable)?;
-            Ok((cluster.url("pgfeed"), Some(cluster)))
-        }
+async fn resolve(args: &DatabaseArgs) -> Result<db::Database> {
+    let database = db::resolve(args.database_url.as_deref(), &args.data_dir).await?;
+    if let Some(cluster) = &database.cluster {
+        tracing::info!(data = %cluster.data_dir().display(), "started the embedded Postgres");
     }
-}
-
-async fn ensure_embedded_database(cluster: &Option<embedded::Cluster>) -> Result<()> {
-    if let Some(cluster) = cluster {
-        db::create_database(&cluster.url("postgres"), "pgfeed").await?;
-    }
-    Ok(())
+    Ok(database)
 }
 
 #[tokio::main]
@@ -31,13 +21,14 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => {
-            let (url, cluster) = database(&args.database)?;
-            ensure_embedded_database(&cluster).await?;
-            if let Some(cluster) = &cluster {
-                tracing::info!(data = %cluster.data_dir().display(), "started the embedded Postgres");
-                println!("Write to it with: {}", cluster.psql_command("pgfeed"));
+            let database = resolve(&args.database).await?;
+            if let Some(cluster) = &database.cluster {
+                let pool = db::pool(&database.url, 2).await?;
+                install::demo(&pool).await?;
+                pool.close().await;
+                println!("Write to it with: {}", cluster.psql_command(db::EMBEDDED_DATABASE));
             }
-            let running = server::start(&url, (&args).into()).await?;
+            let running = server::start(&database.url, (&args).into()).await?;
             println!(
                 "pgfeed listening on http://{}  (WebSocket: ws://{}/ws)",
                 running.addr, running.addr
@@ -48,28 +39,102 @@ async fn main() -> Result<()> {
                 token.cancel();
             });
             running.wait().await?;
-            drop(cluster);
+            drop(database);
             Ok(())
         }
         Command::Bench(args) => pgfeed::bench::run(args).await,
         Command::Migrate(args) => {
-            let (url, cluster) = database(&args.database)?;
-            ensure_embedded_database(&cluster).await?;
-            let pool = db::pool(&url, 2).await?;
+            let database = resolve(&args.database).await?;
+            let pool = db::pool(&database.url, 2).await?;
+            let sets = if args.demo_schema || database.is_embedded() {
+                vec![&migrate::DEMO, &migrate::CAPTURE]
+            } else {
+                vec![&migrate::CAPTURE]
+            };
             if args.status {
-                for m in db::migration_status(&pool).await? {
-                    let state = if m.applied { "applied" } else { "pending" };
-                    println!("{:>4}  {state:<8} {}", m.version, m.description);
+                for set in sets {
+                    for m in set.status(&pool).await? {
+                        let state = match (m.applied, m.changed) {
+                            (true, false) => "applied",
+                            (true, true) => "changed",
+                            _ => "pending",
+                        };
+                        println!("{:<8} {:>4}  {state:<8} {}", m.set, m.version, m.description);
+                    }
+                }
+            } else if args.print {
+                for set in sets {
+                    print!("{}", set.print(&pool).await?);
                 }
             } else {
-                let applied = db::migrate(&pool).await?;
+                let applied = if database.is_embedded() {
+                    install::demo(&pool).await?
+                } else {
+                    install::migrate(&pool, args.demo_schema).await?
+                };
                 if applied.is_empty() {
                     println!("database is up to date; nothing to apply");
                 }
                 for m in applied {
-                    println!("applied {:>4}  {}", m.version, m.description);
+                    println!("applied {:<8} {:>4}  {}", m.set, m.version, m.description);
+                }
+                if install::tracked_count(&pool).await? == 0 {
+                    println!("nothing is tracked yet: run `pgfeed track --preset pearl` or `pgfeed track <table> --prefix <name>`");
                 }
             }
+            pool.close().await;
+            Ok(())
+        }
+        Command::Track(args) => {
+            let database = resolve(&args.database).await?;
+            let pool = db::pool(&database.url, 2).await?;
+            install::migrate(&pool, false).await?;
+            match (args.preset, args.table, args.prefix) {
+                (Some(Preset::Pearl), _, _) => {
+                    let report = install::track_preset(&pool).await?;
+                    for (table, prefix, exclude) in &report.tracked {
+                        if exclude.is_empty() {
+                            println!("tracked {table} as {prefix}_*");
+                        } else {
+                            println!("tracked {table} as {prefix}_*, leaving out {}", exclude.join(", "));
+                        }
+                    }
+                    for table in &report.missing {
+                        println!("not found: {table}");
+                    }
+                    if report.tracked.is_empty() {
+                        bail!("none of PEARL's tables exist in schema public of this database");
+                    }
+                }
+                (None, Some(table), Some(prefix)) => {
+                    install::track(&pool, &table, &prefix, &args.exclude).await?;
+                    println!("tracked {table} as {prefix}_*");
+                }
+                _ => bail!("name a table and --prefix, or --preset pearl"),
+            }
+            pool.close().await;
+            Ok(())
+        }
+        Command::Untrack(args) => {
+            let database = resolve(&args.database).await?;
+            let pool = db::pool(&database.url, 2).await?;
+            install::untrack(&pool, &args.table).await?;
+            println!("untracked {}", args.table);
+            pool.close().await;
+            Ok(())
+        }
+        Command::Uninstall(args) => {
+            if args.print {
+                print!("{}", install::UNINSTALL_SQL);
+                return Ok(());
+            }
+            let database = resolve(&args.database).await?;
+            let pool = db::pool(&database.url, 2).await?;
+            let tracked = install::uninstall(&pool).await?;
+            for table in tracked {
+                println!("removed the capture triggers of {table}");
+            }
+            println!("removed schema pgfeed");
             pool.close().await;
             Ok(())
         }

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeArgs;
-use crate::db::{self, log};
+use crate::db;
 use crate::feed::hub::Hub;
 use crate::feed::listener::Listener;
+use crate::feed::log;
 use crate::http::{self, AppState, Limits};
 use crate::metrics::Metrics;
 
@@ -84,8 +85,19 @@ impl Running {
 /// Migrates the database at `url` and starts serving on `settings.bind`.
 pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let pool = db::pool(url, settings.db_pool).await?;
-    for applied in db::migrate(&pool).await? {
-        tracing::info!(version = applied.version, description = %applied.description, "applied migration");
+    for applied in crate::install::migrate(&pool, false).await? {
+        tracing::info!(
+            set = applied.set,
+            version = applied.version,
+            description = applied.description,
+            "applied migration"
+        );
+    }
+    if crate::install::tracked_count(&pool).await? == 0 {
+        tracing::warn!(
+            "no table is tracked, so no events will flow: run `pgfeed track --preset pearl` for PEARL's tables, \
+             or `pgfeed track <table> --prefix <name>` (SQL: SELECT pgfeed.track('<table>', '<name>'))"
+        );
     }
     let shutdown = CancellationToken::new();
     let state = AppState {

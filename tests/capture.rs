@@ -40,7 +40,7 @@ async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
             "'t_dm2'",
         ),
         (
-            "reporting_effort_trackers",
+            "reporting_effort_item_tracker",
             "reporting_effort_tracker",
             "production_status",
             "'in_progress'",
@@ -317,9 +317,8 @@ async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
         "database_releases",
         "reporting_efforts",
         "reporting_effort_items",
-        "reporting_effort_trackers",
+        "reporting_effort_item_tracker",
         "tracker_comments",
-        "package_items",
     ] {
         assert!(deleted.contains(table), "no delete event for {table}: {tx:#?}");
     }
@@ -327,7 +326,8 @@ async fn deleting_a_study_emits_every_cascaded_delete_in_one_transaction() {
     assert!(tx
         .iter()
         .all(|n| n["op"] == "DELETE" && n["seq"] == tx[0]["seq"] && n["tx_size"] == tx.len()));
-    assert_eq!(tx.len(), 8);
+    // PEARL's package items belong to packages, not studies: they stay.
+    assert_eq!(tx.len(), 7);
 }
 
 #[tokio::test]
@@ -445,43 +445,6 @@ async fn prune_removes_old_transactions_and_nothing_newer() {
     assert_eq!(db.scalar_i64("SELECT pgfeed.head()").await, 10);
 }
 
-#[tokio::test]
-async fn migrate_twice_is_a_no_op_and_status_lists_everything() {
-    let db = TestDb::new().await;
-    // The template is migrated already; a database from scratch shows the first run too.
-    db.exec("CREATE SCHEMA fresh").await;
-    let admin_url = db.url.clone();
-    let fresh = format!("{}_fresh", db.name);
-    db.exec(&format!("CREATE DATABASE {fresh}")).await;
-    let fresh_url = admin_url.replace(&db.name, &fresh);
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
-            .args(args)
-            .env("DATABASE_URL", &fresh_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let status = run(&["migrate", "--status"]);
-    assert_eq!(
-        status.matches("pending").count(),
-        pgfeed::db::MIGRATOR.iter().count(),
-        "{status}"
-    );
-    let first = run(&["migrate"]);
-    assert_eq!(
-        first.matches("applied").count(),
-        pgfeed::db::MIGRATOR.iter().count(),
-        "{first}"
-    );
-    let second = run(&["migrate"]);
-    assert!(second.contains("up to date"), "{second}");
-    let status = run(&["migrate", "--status"]);
-    assert!(!status.contains("pending"), "{status}");
-}
-
 #[test]
 fn the_embedded_cluster_starts_and_runs_unprivileged() {
     let dir = common::scratch_dir("embedded");
@@ -495,8 +458,8 @@ fn the_embedded_cluster_starts_and_runs_unprivileged() {
             .await
             .unwrap();
         let pool = pgfeed::db::pool(&cluster.url("pgfeed"), 1).await.unwrap();
-        let applied = pgfeed::db::migrate(&pool).await.unwrap();
-        assert_eq!(applied.len(), pgfeed::db::MIGRATOR.iter().count());
+        let applied = pgfeed::install::demo(&pool).await.unwrap();
+        assert_eq!(applied.len(), 2, "the demo schema and the capture schema");
         let version: i64 = sqlx::query_scalar("SELECT current_setting('server_version_num')::bigint")
             .fetch_one(&pool)
             .await

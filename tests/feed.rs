@@ -125,14 +125,14 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(resolved[1]["data"]["id"], 1);
 
     // A new QC programmer: tracker updated, then tracker_assignment_updated.
-    db.exec("UPDATE reporting_effort_trackers SET qc_programmer_id = 2 WHERE id = 1")
+    db.exec("UPDATE reporting_effort_item_tracker SET qc_programmer_id = 2 WHERE id = 1")
         .await;
     let assigned = client.events(2).await;
     assert_eq!(assigned[0]["type"], "reporting_effort_tracker_updated");
     assert_eq!(assigned[1]["type"], "tracker_assignment_updated");
     assert_eq!(assigned[1]["data"]["qc_programmer_id"], 2);
     // A status change is not an assignment.
-    db.exec("UPDATE reporting_effort_trackers SET production_status = 'completed' WHERE id = 1")
+    db.exec("UPDATE reporting_effort_item_tracker SET production_status = 'completed' WHERE id = 1")
         .await;
     let status = client.events(1).await;
     assert_eq!(status[0]["type"], "reporting_effort_tracker_updated");
@@ -151,7 +151,7 @@ async fn every_pearl_entity_and_every_derived_event() {
             "database_release_label = 'DBL-2'",
         ),
         ("reporting_effort_items", "reporting_effort_item", "is_active = false"),
-        ("packages", "package", "therapeutic_area = 'Oncology'"),
+        ("packages", "package", "package_name = 'core2'"),
         ("package_items", "package_item", "item_code = 'l_ae2'"),
         ("text_elements", "text_element", "label = 'Demography'"),
     ] {
@@ -171,7 +171,7 @@ async fn every_pearl_entity_and_every_derived_event() {
     // Deletes of every remaining entity, children first.
     for (table, prefix) in [
         ("tracker_comments", "comment"),
-        ("reporting_effort_trackers", "reporting_effort_tracker"),
+        ("reporting_effort_item_tracker", "reporting_effort_tracker"),
         ("reporting_effort_items", "reporting_effort_item"),
         ("reporting_efforts", "reporting_effort"),
         ("database_releases", "database_release"),
@@ -206,12 +206,19 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(immediate[1]["tx_size"], 2);
     assert_commit_order(&immediate);
 
-    // A column added by a DBA: still delivered (generic), and counted.
+    // A column added by a DBA: kept in data, and the row is still typed.
     db.exec("ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1")
         .await;
     let drifted = client.events(1).await;
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["phase"], "III");
+    assert_eq!(server.state.metrics.events_untyped.load(Ordering::Relaxed), 0);
+    // A column pgfeed needs renamed away: still delivered (generic), and counted.
+    db.exec("ALTER TABLE studies RENAME COLUMN study_label TO label; UPDATE studies SET label = 'X' WHERE id = 1")
+        .await;
+    let drifted = client.events(1).await;
+    assert_eq!(drifted[0]["type"], "study_updated");
+    assert_eq!(drifted[0]["data"]["label"], "X");
     assert_eq!(
         server.state.metrics.events_untyped.load(Ordering::Relaxed),
         1,
@@ -242,13 +249,15 @@ async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
     seed_pearl(&db).await;
     db.exec(
         "INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code) VALUES (2, 1, 'TLF', 'Table', 't_ae');
-         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id) VALUES (2, 2);",
+         INSERT INTO reporting_effort_item_tracker (id, reporting_effort_item_id) VALUES (2, 2);",
     )
     .await;
-    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'on two'), (1, 'on one')")
-        .await;
     db.exec(
-        "INSERT INTO tracker_comments (tracker_id, comment_text, is_resolved) VALUES (2, 'resolved already', true)",
+        "INSERT INTO tracker_comments (tracker_id, user_id, comment_text) VALUES (2, 1, 'on two'), (1, 1, 'on one')",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO tracker_comments (tracker_id, user_id, comment_text, is_resolved) VALUES (2, 1, 'resolved already', true)",
     )
     .await;
     db.exec("INSERT INTO studies (study_label) VALUES ('ONC-009')").await;
@@ -272,7 +281,7 @@ async fn subscriptions_and_where_filters_give_each_client_exactly_its_events() {
     assert_eq!(d[0]["data"]["id"], 2);
 
     // Nothing else arrived: after a marker write, the next message is the marker.
-    db.exec("INSERT INTO tracker_comments (tracker_id, comment_text) VALUES (2, 'marker')")
+    db.exec("INSERT INTO tracker_comments (tracker_id, user_id, comment_text) VALUES (2, 1, 'marker')")
         .await;
     assert_eq!(comments_on_2.events(1).await[0]["data"]["comment_text"], "marker");
     db.exec("DELETE FROM studies WHERE study_label = 'last'").await;

@@ -113,7 +113,7 @@ async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
         .connect(&url)
         .await
         .unwrap();
-    pgfeed::db::migrate(&pool).await.unwrap();
+    pgfeed::install::demo(&pool).await.unwrap();
     let db = TestDb {
         name: "feed".into(),
         url: url.clone(),

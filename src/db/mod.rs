@@ -1,18 +1,14 @@
-//! The database side: connection pools, the embedded cluster, migrations, and
-//! the reads of the pgfeed log that every other module shares.
+//! The database side, infrastructure only: connection pools, the embedded
+//! cluster, pgfeed's migrations. Nothing here knows about the feed.
 
 pub mod embedded;
-pub mod log;
+pub mod migrate;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
-
-/// The SQL in `migrations/`, compiled into the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// `application_name` of every pgfeed connection except the listener's.
 pub const APPLICATION_NAME: &str = "pgfeed";
@@ -53,45 +49,37 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// One migration and whether it has been applied.
-#[derive(Debug, Clone)]
-pub struct MigrationStatus {
-    pub version: i64,
-    pub description: String,
-    pub applied: bool,
+/// Where a command's database is: `DATABASE_URL`, or the embedded cluster.
+pub struct Database {
+    pub url: String,
+    /// The private cluster when there is no `DATABASE_URL`; dropping it stops Postgres.
+    pub cluster: Option<embedded::Cluster>,
 }
 
-/// Lists every migration in `migrations/` and whether the database has it.
-pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationStatus>> {
-    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
-    let applied: Vec<i64> = if table_exists {
-        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?
-    } else {
-        Vec::new()
-    };
-    Ok(MIGRATOR
-        .iter()
-        .map(|m| MigrationStatus {
-            version: m.version,
-            description: m.description.to_string(),
-            applied: applied.contains(&m.version),
-        })
-        .collect())
+impl Database {
+    pub fn is_embedded(&self) -> bool {
+        self.cluster.is_some()
+    }
 }
 
-/// Applies pending migrations; returns the ones it applied (empty when up to date).
-pub async fn migrate(pool: &PgPool) -> Result<Vec<MigrationStatus>> {
-    let before = migration_status(pool).await?;
-    MIGRATOR.run(pool).await.context("applying migrations")?;
-    let after = migration_status(pool).await?;
-    Ok(after
-        .into_iter()
-        .zip(before)
-        .filter(|(now, was)| now.applied && !was.applied)
-        .map(|(now, _)| now)
-        .collect())
+/// The database of `serve`, `migrate`, `track` and `uninstall`: `database_url`, or a
+/// private durable cluster under `data_dir` with its database `pgfeed` created.
+pub async fn resolve(database_url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+    match database_url {
+        Some(url) => Ok(Database {
+            url: url.to_string(),
+            cluster: None,
+        }),
+        None => {
+            let cluster = embedded::Cluster::start(data_dir, embedded::Durability::Durable)?;
+            create_database(&cluster.url("postgres"), EMBEDDED_DATABASE).await?;
+            Ok(Database {
+                url: cluster.url(EMBEDDED_DATABASE),
+                cluster: Some(cluster),
+            })
+        }
+    }
 }
+
+/// The database pgfeed creates in its embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "pgfeed";

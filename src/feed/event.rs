@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::change::{Change, Op};
 use super::pearl::{self, Row};
+use super::timestamps;
 use crate::metrics::Metrics;
 
 /// One event as subscribers receive it. `frame` is its JSON text, made once.
@@ -88,7 +89,12 @@ pub struct Encoder<'a> {
 
 impl Encoder<'_> {
     /// The events of one change: its own, then any derived ones.
-    pub fn encode(&mut self, change: Change) -> Vec<Event> {
+    pub fn encode(&mut self, mut change: Change) -> Vec<Event> {
+        change
+            .new
+            .iter_mut()
+            .chain(change.old.iter_mut())
+            .for_each(timestamps::normalize_row);
         let data = match change.op {
             Op::Delete => change.old.clone().unwrap_or(Value::Null),
             Op::Truncate => serde_json::json!({ "table": change.table }),

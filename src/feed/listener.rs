@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::change::{Change, Notice, RowNotice};
 use super::event::{Encoder, UnresolvedCounts};
 use super::hub::Hub;
-use crate::db::{self, log};
+use super::log;
+use crate::db;
 use crate::metrics::Metrics;
 
 /// The notification channel the capture triggers use.
@@ -148,20 +149,26 @@ impl Listener {
             .execute(&mut *tx)
             .await?;
         let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
-        let counts: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT tracker_id, count(*) FROM public.tracker_comments WHERE NOT is_resolved GROUP BY tracker_id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap_or_default();
-        tx.commit().await.ok();
+        // Through pgfeed.snapshot, as the server reads every tracked table: its
+        // role needs no SELECT on the application's tables.
+        let comments: Option<String> = sqlx::query_scalar("SELECT rows::text FROM pgfeed.snapshot('tracker_comments')")
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut counts: HashMap<i64, i64> = HashMap::new();
+        let comments: Vec<serde_json::Value> = comments
+            .map(|rows| serde_json::from_str(&rows))
+            .transpose()?
+            .unwrap_or_default();
+        for comment in comments {
+            if comment["is_resolved"] == false {
+                if let Some(tracker) = comment["tracker_id"].as_i64() {
+                    *counts.entry(tracker).or_default() += 1;
+                }
+            }
+        }
         self.last_seq = head;
-        self.counts = UnresolvedCounts::new(
-            counts
-                .into_iter()
-                .map(|(t, n)| (i64::from(t), n))
-                .collect::<HashMap<_, _>>(),
-        );
+        self.counts = UnresolvedCounts::new(counts);
         self.hub.set_head(head);
         self.metrics.head_seq.store(head, Ordering::Relaxed);
         Ok(())

@@ -5,4 +5,6 @@ pub mod change;
 pub mod event;
 pub mod hub;
 pub mod listener;
+pub mod log;
 pub mod pearl;
+pub mod timestamps;

@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
-use crate::db::log;
+use crate::feed::log;
 
 pub async fn healthz() -> &'static str {
     "ok"

@@ -22,9 +22,9 @@ use tokio::sync::broadcast;
 
 use super::rest::snapshot_message;
 use super::AppState;
-use crate::db::log::{self, Cursor};
 use crate::feed::event::{Encoder, Event};
 use crate::feed::hub::Filter;
+use crate::feed::log::{self, Cursor};
 use crate::feed::pearl;
 use crate::metrics::Metrics;
 

@@ -16,7 +16,10 @@ use tokio_tungstenite::tungstenite::Message;
 use pgfeed::db::{self, embedded};
 use pgfeed::server::{self, Running, Settings};
 
+/// PEARL's schema, pgfeed installed, the PEARL preset tracked: what the embedded demo has.
 const TEMPLATE: &str = "pgfeed_template";
+/// PEARL's schema only, as the PEARL app's own database has it before pgfeed.
+const APP_TEMPLATE: &str = "pearl_app_template";
 
 /// Where the binary's cluster listens.
 struct Shared {
@@ -65,7 +68,18 @@ fn shared() -> &'static Shared {
                     .await
                     .expect("creating the template database");
                 let pool = db::pool(&cluster.url(TEMPLATE), 1).await.unwrap();
-                db::migrate(&pool).await.expect("migrating the template database");
+                pgfeed::install::demo(&pool)
+                    .await
+                    .expect("migrating the template database");
+                pool.close().await;
+                db::create_database(&admin_url, APP_TEMPLATE)
+                    .await
+                    .expect("creating the application template database");
+                let pool = db::pool(&cluster.url(APP_TEMPLATE), 1).await.unwrap();
+                sqlx::raw_sql(db::migrate::DEMO.migrations[0].sql)
+                    .execute(&pool)
+                    .await
+                    .expect("creating PEARL's schema");
                 pool.close().await;
             });
             tx.send(admin_url).unwrap();
@@ -89,7 +103,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database like the embedded demo's: PEARL's tables, pgfeed installed, the preset tracked.
     pub async fn new() -> TestDb {
+        TestDb::from_template(TEMPLATE).await
+    }
+
+    /// An application's database before pgfeed: PEARL's tables and nothing else.
+    pub async fn pearl_app() -> TestDb {
+        TestDb::from_template(APP_TEMPLATE).await
+    }
+
+    async fn from_template(template: &str) -> TestDb {
         let shared = shared();
         let name = format!("test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
         let admin = PgPoolOptions::new()
@@ -97,7 +121,7 @@ impl TestDb {
             .connect(&shared.admin_url)
             .await
             .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&admin)
             .await
             .unwrap();
@@ -350,16 +374,16 @@ pub async fn seed_pearl(db: &TestDb) {
               VALUES (1, 1, 1, 'DBL-1');
          INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code)
               VALUES (1, 1, 'TLF', 'Table', 't_dm');
-         INSERT INTO reporting_effort_trackers (id, reporting_effort_item_id, production_programmer_id)
+         INSERT INTO reporting_effort_item_tracker (id, reporting_effort_item_id, production_programmer_id)
               VALUES (1, 1, 1);
          INSERT INTO tracker_comments (id, tracker_id, user_id, comment_text) VALUES (1, 1, 1, 'check N');
          INSERT INTO packages (id, package_name) VALUES (1, 'core');
-         INSERT INTO package_items (id, package_id, study_id, item_type, item_subtype, item_code)
-              VALUES (1, 1, 1, 'TLF', 'Listing', 'l_ae');
+         INSERT INTO package_items (id, package_id, item_type, item_subtype, item_code)
+              VALUES (1, 1, 'TLF', 'Listing', 'l_ae');
          INSERT INTO text_elements (id, type, label) VALUES (1, 'title', 'Demographics');
          SELECT setval(pg_get_serial_sequence(t, 'id'), 100)
            FROM unnest(ARRAY['users', 'studies', 'database_releases', 'reporting_efforts',
-                             'reporting_effort_items', 'reporting_effort_trackers', 'tracker_comments',
+                             'reporting_effort_items', 'reporting_effort_item_tracker', 'tracker_comments',
                              'packages', 'package_items', 'text_elements']) t;",
     )
     .await;

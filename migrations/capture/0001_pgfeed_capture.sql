@@ -10,8 +10,12 @@
 --
 -- Writers need no grants on this schema: the trigger functions run as their
 -- owner (SECURITY DEFINER) and name every object they touch in full.
+--
+-- This file creates nothing outside schema `pgfeed`; only pgfeed.track()
+-- attaches triggers to application tables. `pgfeed migrate` records it in
+-- pgfeed.migrations (created just before it, see migrations/README.md).
 
-CREATE SCHEMA pgfeed;
+CREATE SCHEMA IF NOT EXISTS pgfeed;
 
 -- One row per row change. `tx` ties it to its transaction; the transaction's
 -- commit position lives in pgfeed.commits.
@@ -50,14 +54,26 @@ CREATE TABLE pgfeed.retention (
 );
 INSERT INTO pgfeed.retention DEFAULT VALUES;
 
+-- What is tracked. `exclude` names columns that never leave the table: they
+-- are left out at capture (never notified nor logged) and from snapshots.
 CREATE TABLE pgfeed.tracked_tables (
     table_name  regclass PRIMARY KEY,
     prefix      text NOT NULL UNIQUE CHECK (prefix ~ '^[a-z][a-z0-9_]*$'),
+    exclude     text[] NOT NULL DEFAULT '{}',
     tracked_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- The name events carry in "table": bare for schema public, else schema.table.
+CREATE FUNCTION pgfeed.table_label(target regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = target;
+$$;
+
 CREATE VIEW pgfeed.tracked AS
-    SELECT table_name, prefix, tracked_at FROM pgfeed.tracked_tables ORDER BY table_name::text;
+    SELECT pgfeed.table_label(table_name) AS table_name, prefix, exclude, tracked_at
+      FROM pgfeed.tracked_tables ORDER BY 1;
 
 -- Notifications on channel `pgfeed` (what the listener reads):
 --
@@ -76,7 +92,7 @@ CREATE VIEW pgfeed.tracked AS
 -- commits row and one short notification.
 
 -- Row trigger on every tracked table (and statement trigger for TRUNCATE).
--- TG_ARGV[0] is the event prefix. pgfeed.rows counts the transaction's events
+-- TG_ARGV[0] is the event prefix; TG_ARGV[1..] are the columns left out. pgfeed.rows counts the transaction's events
 -- (a rolled-back savepoint rolls it back with its rows); the first event of a
 -- transaction queues assign_commit_seq.
 CREATE FUNCTION pgfeed.capture() RETURNS trigger
@@ -97,6 +113,11 @@ BEGIN
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_doc := pg_catalog.to_json(OLD);
+    END IF;
+    IF TG_NARGS > 1 AND TG_OP <> 'TRUNCATE' THEN
+        -- Left out before anything is written or sent: the values never leave the table.
+        new_doc := (pg_catalog.to_jsonb(new_doc) OPERATOR(pg_catalog.-) TG_ARGV[1:TG_NARGS - 1])::json;
+        old_doc := (pg_catalog.to_jsonb(old_doc) OPERATOR(pg_catalog.-) TG_ARGV[1:TG_NARGS - 1])::json;
     END IF;
     -- Counted before the log row is written: the commit trigger may fire right
     -- after that insert (SET CONSTRAINTS ALL IMMEDIATE) and must see it.
@@ -188,20 +209,36 @@ END;
 $$;
 
 -- Tracks `target`: its writes become events named <event_prefix>_created,
--- _updated, _deleted and _truncated. Calling it again changes the prefix.
-CREATE FUNCTION pgfeed.track(target regclass, event_prefix text) RETURNS void
+-- _updated, _deleted and _truncated, without the columns in `exclude`.
+-- Calling it again changes the prefix and the excluded columns.
+CREATE FUNCTION pgfeed.track(target regclass, event_prefix text, exclude text[] DEFAULT '{}')
+RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    missing  text;
+    args     text;
 BEGIN
     IF event_prefix IS NULL OR event_prefix !~ '^[a-z][a-z0-9_]*$' THEN
         RAISE EXCEPTION 'pgfeed.track: event prefix % must match ^[a-z][a-z0-9_]*$', event_prefix;
     END IF;
+    exclude := COALESCE(exclude, '{}');
+    SELECT string_agg(x, ', ') INTO missing
+      FROM unnest(exclude) x
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = target AND a.attname = x AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pgfeed.track: % has no column %', target, missing;
+    END IF;
+    SELECT string_agg(pg_catalog.quote_literal(a), ', ') INTO args
+      FROM unnest(ARRAY[event_prefix] || exclude) a;
     PERFORM pgfeed.drop_capture_triggers(target);
     EXECUTE format('CREATE TRIGGER pgfeed_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION pgfeed.capture(%L)', target, event_prefix);
+                   'FOR EACH ROW EXECUTE FUNCTION pgfeed.capture(%s)', target, args);
     EXECUTE format('CREATE TRIGGER pgfeed_capture_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgfeed.capture(%L)', target, event_prefix);
-    INSERT INTO pgfeed.tracked_tables (table_name, prefix) VALUES (target, event_prefix)
-    ON CONFLICT (table_name) DO UPDATE SET prefix = excluded.prefix, tracked_at = now();
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pgfeed.capture(%s)', target, args);
+    INSERT INTO pgfeed.tracked_tables (table_name, prefix, exclude) VALUES (target, event_prefix, exclude)
+    ON CONFLICT (table_name) DO UPDATE
+        SET prefix = excluded.prefix, exclude = excluded.exclude, tracked_at = now();
 END;
 $$;
 
@@ -216,8 +253,9 @@ $$;
 
 -- Retention: removes the log of every transaction committed longer than `keep`
 -- ago, and never anything newer. Returns the number of event rows removed.
+-- Runs as its owner, so the server's role needs no DELETE on the log.
 CREATE FUNCTION pgfeed.prune(keep interval) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     removed  bigint;
 BEGIN
@@ -235,3 +273,34 @@ BEGIN
     RETURN removed;
 END;
 $$;
+
+-- The rows of tracked table `target` (named as in events: `studies`,
+-- `lab.equipment`) without its excluded columns, ordered by id, with the
+-- watermark they reflect. Call it in a REPEATABLE READ transaction: both come
+-- from the one snapshot, so the rows hold exactly the transactions up to the
+-- watermark. No row when `target` is not tracked. Runs as its owner, so the
+-- server's role reads tracked tables without SELECT on them; only roles
+-- granted EXECUTE may call it.
+CREATE FUNCTION pgfeed.snapshot(target text, OUT watermark bigint, OUT rows json)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    relation  regclass;
+    left_out  text[];
+BEGIN
+    SELECT t.table_name, t.exclude INTO relation, left_out
+      FROM pgfeed.tracked_tables t WHERE pgfeed.table_label(t.table_name) = target;
+    IF relation IS NULL THEN
+        RETURN;
+    END IF;
+    watermark := pgfeed.head();
+    -- With search_path pinned, a regclass prints schema-qualified and quoted.
+    EXECUTE format('SELECT COALESCE(jsonb_agg(to_jsonb(t) - $1 ORDER BY to_jsonb(t)->''id''), ''[]'')::json FROM %s t',
+                   relation)
+       INTO rows USING left_out;
+    RETURN NEXT;
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION pgfeed.snapshot(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgfeed.prune(interval) FROM PUBLIC;

@@ -7,7 +7,8 @@
 use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Row};
 
-use crate::feed::change::{Change, Op};
+use super::change::{Change, Op};
+use super::timestamps;
 
 /// A position in the log: after transaction `seq`, or inside it after event `id`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,29 +108,26 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
         .await
 }
 
-/// The rows of a tracked table as one JSON array, with the watermark seq they reflect:
-/// every transaction with seq ≤ watermark is in the rows, none after it.
-/// `None` when `table` is not tracked.
+/// The rows of a tracked table (named as in events) as one JSON array, without
+/// its excluded columns and with UTC timestamps, and the watermark seq they
+/// reflect: every transaction with seq ≤ watermark is in the rows, none after
+/// it. `None` when `table` is not tracked.
 pub async fn snapshot(pool: &PgPool, table: &str) -> sqlx::Result<Option<(i64, String)>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    // The regclass text is the properly quoted name, so it is safe to splice.
-    let relation: Option<String> =
-        sqlx::query_scalar("SELECT table_name::text FROM pgfeed.tracked_tables WHERE table_name::text = $1")
-            .bind(table)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(relation) = relation else {
+    let found: Option<(i64, String)> = sqlx::query_as("SELECT watermark, rows::text FROM pgfeed.snapshot($1)")
+        .bind(table)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let Some((watermark, rows)) = found else {
         return Ok(None);
     };
-    let watermark: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
-    let rows: String = sqlx::query_scalar(&format!(
-        "SELECT COALESCE(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)->'id'), '[]')::text FROM {relation} t"
-    ))
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some((watermark, rows)))
+    let mut rows: Value = serde_json::from_str(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if let Value::Array(rows) = &mut rows {
+        rows.iter_mut().for_each(timestamps::normalize_row);
+    }
+    Ok(Some((watermark, rows.to_string())))
 }
