@@ -55,9 +55,10 @@ pub async fn track_preset(pool: &PgPool) -> Result<PresetReport> {
             continue;
         }
         let exclude: Vec<String> = sqlx::query_scalar(
-            "SELECT x FROM unnest($2::text[]) x
+            "SELECT x FROM unnest($2::text[]) WITH ORDINALITY AS wanted(x, n)
               WHERE EXISTS (SELECT 1 FROM pg_attribute
-                             WHERE attrelid = $1::regclass AND attname = x AND attnum > 0 AND NOT attisdropped)",
+                             WHERE attrelid = $1::regclass AND attname = x AND attnum > 0 AND NOT attisdropped)
+              ORDER BY n",
         )
         .bind(&relation)
         .bind(preset.exclude)

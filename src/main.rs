@@ -16,7 +16,9 @@ async fn resolve(args: &DatabaseArgs) -> Result<db::Database> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Logs on stderr; stdout is for what a command prints (the address, the SQL).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     match Cli::parse().command {

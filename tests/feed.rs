@@ -554,6 +554,30 @@ async fn serve_with_embedded_postgres_sends_1001_on_sigterm_and_exits_0() {
         .await
         .unwrap();
     assert_eq!(client.events(1).await[0]["data"]["study_label"], "via psql");
+    // The demo is PEARL's real schema, with the preset tracked.
+    let tracked: Vec<(String, String)> = sqlx::query_as("SELECT table_name, prefix FROM pgfeed.tracked")
+        .fetch_all(&writer)
+        .await
+        .unwrap();
+    assert_eq!(tracked.len(), 10, "{tracked:?}");
+    assert!(tracked.contains(&(
+        "reporting_effort_item_tracker".into(),
+        "reporting_effort_tracker".into()
+    )));
+    sqlx::raw_sql(
+        "INSERT INTO users (username) VALUES ('ana');
+         INSERT INTO database_releases (study_id, database_release_label) SELECT id, 'DBL' FROM studies;
+         INSERT INTO reporting_efforts (study_id, database_release_id, database_release_label)
+              SELECT study_id, id, 'RE' FROM database_releases;
+         INSERT INTO reporting_effort_items (reporting_effort_id, item_type, item_subtype, item_code)
+              SELECT id, 'TLF', 'Table', 't_dm' FROM reporting_efforts;
+         INSERT INTO reporting_effort_item_tracker (reporting_effort_item_id) SELECT id FROM reporting_effort_items;",
+    )
+    .execute(&writer)
+    .await
+    .unwrap();
+    let kinds: Vec<Value> = client.events(5).await.into_iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(kinds.last().unwrap(), "reporting_effort_tracker_created", "{kinds:?}");
     writer.close().await;
 
     nix::sys::signal::kill(
