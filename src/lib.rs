@@ -3,18 +3,24 @@
 //!
 //! The path of one event, module by module:
 //!
-//! 1. **SQL** (`migrations/`): a trigger on each tracked table writes the row
-//!    change to `pgfeed.events`; at commit a deferred trigger gives the
-//!    transaction its commit position `seq` (`pgfeed.commits`) and sends
-//!    `NOTIFY pgfeed`.
-//! 2. [`db`]: the pool, the embedded cluster ([`db::embedded`]), migrations,
-//!    and the log reads ([`db::log`]) everything that must not lose an event uses.
-//! 3. [`feed::listener`]: one `LISTEN` connection; notifications become
+//! 1. **SQL** (`migrations/capture`): a trigger on each tracked table writes the
+//!    row change (less its excluded columns) to `pgfeed.events`; at commit a
+//!    deferred trigger gives the transaction its commit position `seq`
+//!    (`pgfeed.commits`) and sends `NOTIFY pgfeed`. [`install`] is what a DBA
+//!    runs to put it there (`migrate`, `track`, `uninstall`); it touches no
+//!    application table but for the triggers `track` attaches.
+//! 2. [`db`]: infrastructure only: the pool, the embedded cluster
+//!    ([`db::embedded`]), pgfeed's migrations ([`db::migrate`], history in
+//!    `pgfeed.migrations`).
+//! 3. [`feed::log`]: the reads of the log everything that must not lose an
+//!    event uses, and snapshots through `pgfeed.snapshot`.
+//! 4. [`feed::listener`]: one `LISTEN` connection; notifications become
 //!    [`feed::change::Change`]s in seq order, the log fills every hole.
-//! 4. [`feed::event`]: each change becomes its wire event(s), typed against the
-//!    PEARL rows ([`feed::pearl`]) and encoded once.
-//! 5. [`feed::hub`]: one broadcast ring of shared events; filters per client.
-//! 6. [`http`]: the routes; [`http::session`] serves one WebSocket, falling back
+//! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
+//!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
+//!    also holds the `track --preset pearl` list) and encoded once.
+//! 6. [`feed::hub`]: one broadcast ring of shared events; filters per client.
+//! 7. [`http`]: the routes; [`http::session`] serves one WebSocket, falling back
 //!    to the log whenever it is behind.
 //!
 //! [`server`] wires these together; [`config`] is the command line; [`bench`]
