@@ -103,6 +103,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let state = AppState {
         pool: pool.clone(),
         hub: Hub::new(settings.hub_capacity),
+        pearl: Arc::default(),
         metrics: Arc::new(Metrics::default()),
         ready: Arc::new(AtomicBool::new(false)),
         limits: Arc::new(settings.limits.clone()),
@@ -116,6 +117,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         state.hub.clone(),
         state.metrics.clone(),
         state.ready.clone(),
+        state.pearl.clone(),
     );
     listener.start_at_head().await.context("reading the start position")?;
     let token = shutdown.clone();

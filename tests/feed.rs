@@ -100,16 +100,17 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(comment["unresolved_count"], 1);
     assert_eq!(seeded[6]["data"]["production_programmer_id"], 1);
 
-    // A reply: comment_created with the count, then comment_replied.
+    // A reply: the row event (replies do not count), then comment_replied in PEARL's shape.
     db.exec(
         "INSERT INTO tracker_comments (tracker_id, user_id, parent_comment_id, comment_text) VALUES (1, 2, 1, 'done?')",
     )
     .await;
     let reply = client.events(2).await;
     assert_eq!(reply[0]["type"], "comment_created");
-    assert_eq!(reply[0]["unresolved_count"], 2);
+    assert_eq!(reply[0]["unresolved_count"], 1);
     assert_eq!(reply[1]["type"], "comment_replied");
     assert_eq!(reply[1]["data"]["parent_comment_id"], 1);
+    assert_eq!(reply[1]["data"]["reply"]["username"], "ben");
     assert_eq!(reply[1]["derived"], true);
     assert_eq!(reply[1]["seq"], reply[0]["seq"]);
 
@@ -120,9 +121,12 @@ async fn every_pearl_entity_and_every_derived_event() {
     .await;
     let resolved = client.events(2).await;
     assert_eq!(resolved[0]["type"], "comment_updated");
-    assert_eq!(resolved[0]["unresolved_count"], 1);
+    assert_eq!(resolved[0]["unresolved_count"], 0);
     assert_eq!(resolved[1]["type"], "comment_resolved");
-    assert_eq!(resolved[1]["data"]["id"], 1);
+    assert_eq!(
+        resolved[1]["data"],
+        json!({"tracker_id": 1, "comment_id": 1, "unresolved_count": 0})
+    );
 
     // A new QC programmer: tracker updated, then tracker_assignment_updated.
     db.exec("UPDATE reporting_effort_item_tracker SET qc_programmer_id = 2 WHERE id = 1")
@@ -130,7 +134,9 @@ async fn every_pearl_entity_and_every_derived_event() {
     let assigned = client.events(2).await;
     assert_eq!(assigned[0]["type"], "reporting_effort_tracker_updated");
     assert_eq!(assigned[1]["type"], "tracker_assignment_updated");
-    assert_eq!(assigned[1]["data"]["qc_programmer_id"], 2);
+    assert_eq!(assigned[1]["data"]["assignment_type"], "qc");
+    assert_eq!(assigned[1]["data"]["programmer_id"], 2);
+    assert_eq!(assigned[1]["data"]["tracker"]["qc_programmer_id"], 2);
     // A status change is not an assignment.
     db.exec("UPDATE reporting_effort_item_tracker SET production_status = 'completed' WHERE id = 1")
         .await;

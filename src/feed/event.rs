@@ -1,14 +1,12 @@
 //! Changes become events: the wire form of DESIGN §3, encoded once and shared
-//! by every subscriber, plus the derived PEARL events.
-
-use std::collections::HashMap;
+//! by every subscriber, plus PEARL's messages (`feed::pearl` says which).
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::change::{Change, Op};
-use super::pearl::{self, Row};
+use super::pearl::{self, Audience, Message};
 use super::timestamps;
 use crate::metrics::Metrics;
 
@@ -19,8 +17,10 @@ pub struct Event {
     /// `study_created`, `comment_resolved`, ...
     pub kind: String,
     pub table: String,
-    /// The new row (the old row for deletes); filters look into it.
+    /// The new row (the old row for deletes), or PEARL's message data; filters look into it.
     pub data: Value,
+    /// Which endpoints send it.
+    pub audience: Audience,
     /// The first event of its transaction.
     pub opens_tx: bool,
     /// The last event of its transaction (derived events included).
@@ -49,46 +49,18 @@ struct Wire<'a> {
     derived: bool,
 }
 
-/// Unresolved comments per tracker, kept current from the comment events so
-/// `unresolved_count` needs no query per event.
-#[derive(Debug, Default, Clone)]
-pub struct UnresolvedCounts(HashMap<i64, i64>);
-
-impl UnresolvedCounts {
-    pub fn new(counts: HashMap<i64, i64>) -> Self {
-        UnresolvedCounts(counts)
-    }
-
-    fn apply(
-        &mut self,
-        op: Op,
-        old: Option<&pearl::TrackerComment>,
-        new: Option<&pearl::TrackerComment>,
-    ) -> Option<i64> {
-        if op == Op::Truncate {
-            self.0.clear();
-            return None;
-        }
-        if let Some(old) = old.filter(|c| !c.is_resolved) {
-            *self.0.entry(old.tracker_id).or_default() -= 1;
-        }
-        if let Some(new) = new.filter(|c| !c.is_resolved) {
-            *self.0.entry(new.tracker_id).or_default() += 1;
-        }
-        let tracker = new.or(old)?.tracker_id;
-        Some(self.0.get(&tracker).copied().unwrap_or(0).max(0))
-    }
-}
-
-/// Turns changes into events. Holds the listener's running state; a reader of
-/// the log for one client uses it without counts (`counts: None`).
+/// Turns changes into events, PEARL's messages included.
 pub struct Encoder<'a> {
     pub metrics: &'a Metrics,
-    pub counts: Option<&'a mut UnresolvedCounts>,
+    /// PEARL's running state: the listener's own, or a client's copy for a replay.
+    pub pearl: &'a mut pearl::State,
+    /// Count rows that do not fit their type: true for the listener, which sees
+    /// each change once; false for replays, which would count them again.
+    pub count_untyped: bool,
 }
 
 impl Encoder<'_> {
-    /// The events of one change: its own, then any derived ones.
+    /// The events of one change: its row event, then PEARL's messages.
     pub fn encode(&mut self, mut change: Change) -> Vec<Event> {
         change
             .new
@@ -110,7 +82,6 @@ impl Encoder<'_> {
             _ => None,
         };
 
-        let pearl = pearl::is_pearl_table(&change.table);
         let new_row = change.new.as_ref().and_then(|row| pearl::type_row(&change.table, row));
         let old_row = change.old.as_ref().and_then(|row| pearl::type_row(&change.table, row));
         let misfit = [&new_row, &old_row]
@@ -119,50 +90,27 @@ impl Encoder<'_> {
             .find_map(|typed| typed.as_ref().err());
         if let Some(err) = misfit {
             tracing::debug!(table = %change.table, error = %err, "row does not fit its PEARL type; sent generic");
-            // Counted once per change, by the listener (a client's replay encodes it again).
-            if self.counts.is_some() {
+            if self.count_untyped {
                 Metrics::inc(&self.metrics.events_untyped);
             }
         }
         let (new_row, old_row) = (new_row.and_then(Result::ok), old_row.and_then(Result::ok));
-
-        let mut derived: Vec<&'static str> = Vec::new();
-        let mut unresolved_count = None;
-        match (&old_row, &new_row) {
-            (_, Some(Row::TrackerComment(new))) if change.op == Op::Insert && new.parent_comment_id.is_some() => {
-                derived.push("comment_replied")
-            }
-            (Some(Row::TrackerComment(old)), Some(Row::TrackerComment(new))) if !old.is_resolved && new.is_resolved => {
-                derived.push("comment_resolved")
-            }
-            (Some(Row::ReportingEffortTracker(old)), Some(Row::ReportingEffortTracker(new)))
-                if old.production_programmer_id != new.production_programmer_id
-                    || old.qc_programmer_id != new.qc_programmer_id =>
-            {
-                derived.push("tracker_assignment_updated")
-            }
-            _ => {}
-        }
-        if pearl && change.table == "tracker_comments" {
-            if let Some(counts) = self.counts.as_deref_mut() {
-                let comment = |row: &Option<Row>| match row {
-                    Some(Row::TrackerComment(c)) => Some(c.clone()),
-                    _ => None,
-                };
-                unresolved_count = counts.apply(change.op, comment(&old_row).as_ref(), comment(&new_row).as_ref());
-            }
-        }
+        let outcome = self.pearl.on_change(&change, old_row.as_ref(), new_row.as_ref());
 
         let own_kind = format!("{}_{}", change.prefix, change.op.verb());
-        let mut events = Vec::with_capacity(1 + derived.len());
-        let count = 1 + derived.len();
-        for (n, (kind, is_derived)) in std::iter::once((own_kind.as_str(), false))
-            .chain(derived.iter().map(|k| (*k, true)))
-            .enumerate()
-        {
+        let own = Message {
+            kind: "",
+            data,
+            audience: outcome.row_audience,
+            derived: false,
+        };
+        let count = 1 + outcome.messages.len();
+        let mut events = Vec::with_capacity(count);
+        for (n, message) in std::iter::once(own).chain(outcome.messages).enumerate() {
+            let kind = if n == 0 { own_kind.as_str() } else { message.kind };
             let wire = Wire {
                 kind,
-                data: &data,
+                data: &message.data,
                 seq: change.seq,
                 table: &change.table,
                 op: change.op.as_str(),
@@ -171,15 +119,16 @@ impl Encoder<'_> {
                 timestamp: &change.at,
                 tx_index: change.tx_index,
                 tx_size: change.tx_size,
-                unresolved_count,
-                derived: is_derived,
+                unresolved_count: if n == 0 { outcome.unresolved_count } else { None },
+                derived: message.derived,
             };
             let frame = serde_json::to_string(&wire).expect("a Value always serializes");
             events.push(Event {
                 seq: change.seq,
                 kind: kind.to_string(),
                 table: change.table.clone(),
-                data: data.clone(),
+                data: message.data,
+                audience: message.audience,
                 opens_tx: n == 0 && change.tx_index == 0,
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),

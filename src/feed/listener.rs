@@ -7,9 +7,8 @@
 //! last seq it delivered instead of guessing, and drops notifications it has
 //! already delivered.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,9 +17,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::change::{Change, Notice, RowNotice};
-use super::event::{Encoder, UnresolvedCounts};
+use super::event::Encoder;
 use super::hub::Hub;
 use super::log;
+use super::pearl;
 use crate::db;
 use crate::metrics::Metrics;
 
@@ -62,7 +62,8 @@ pub struct Listener {
     partial: Option<(i64, i32)>,
     /// The row notifications of the transaction being received, until its commit.
     pending: Vec<RowNotice>,
-    counts: UnresolvedCounts,
+    /// PEARL's running state, shared with sessions that replay from the log.
+    pearl: Arc<Mutex<pearl::State>>,
 }
 
 enum Stop {
@@ -71,7 +72,14 @@ enum Stop {
 }
 
 impl Listener {
-    pub fn new(url: String, pool: PgPool, hub: Hub, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Listener {
+    pub fn new(
+        url: String,
+        pool: PgPool,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        pearl: Arc<Mutex<pearl::State>>,
+    ) -> Listener {
         Listener {
             url,
             pool,
@@ -83,7 +91,7 @@ impl Listener {
             last_size: 0,
             partial: None,
             pending: Vec::new(),
-            counts: UnresolvedCounts::default(),
+            pearl,
         }
     }
 
@@ -140,9 +148,10 @@ impl Listener {
         }
     }
 
-    /// Fixes where live delivery starts: the current head, with comment counts from
-    /// the same snapshot. Call it before accepting clients: a client that connects
-    /// then starts at this head, and the listener delivers everything after it.
+    /// Fixes where live delivery starts: the current head, with PEARL's state
+    /// (usernames, items, unresolved counts) from the same snapshot. Call it
+    /// before accepting clients: a client that connects then starts at this
+    /// head, and the listener delivers everything after it.
     pub async fn start_at_head(&mut self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -150,25 +159,20 @@ impl Listener {
             .await?;
         let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
         // Through pgfeed.snapshot, as the server reads every tracked table: its
-        // role needs no SELECT on the application's tables.
-        let comments: Option<String> = sqlx::query_scalar("SELECT rows::text FROM pgfeed.snapshot('tracker_comments')")
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let mut counts: HashMap<i64, i64> = HashMap::new();
-        let comments: Vec<serde_json::Value> = comments
-            .map(|rows| serde_json::from_str(&rows))
-            .transpose()?
-            .unwrap_or_default();
-        for comment in comments {
-            if comment["is_resolved"] == false {
-                if let Some(tracker) = comment["tracker_id"].as_i64() {
-                    *counts.entry(tracker).or_default() += 1;
-                }
-            }
+        // role needs no SELECT on the application's tables. Untracked: empty.
+        let mut rows = Vec::new();
+        for table in ["users", "reporting_effort_items", "tracker_comments"] {
+            let text: Option<String> = sqlx::query_scalar("SELECT rows::text FROM pgfeed.snapshot($1)")
+                .bind(table)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let parsed: Vec<serde_json::Value> =
+                text.map(|t| serde_json::from_str(&t)).transpose()?.unwrap_or_default();
+            rows.push(parsed);
         }
+        tx.commit().await?;
         self.last_seq = head;
-        self.counts = UnresolvedCounts::new(counts);
+        *self.pearl.lock().expect("pearl state lock") = pearl::State::load(head, &rows[0], &rows[1], &rows[2]);
         self.hub.set_head(head);
         self.metrics.head_seq.store(head, Ordering::Relaxed);
         Ok(())
@@ -282,9 +286,11 @@ impl Listener {
 
     fn publish(&mut self, change: Change) {
         let (seq, size, whole, tx_index) = (change.seq, change.tx_size, change.is_last_of_tx(), change.tx_index);
+        let mut state = self.pearl.lock().expect("pearl state lock");
         let mut encoder = Encoder {
             metrics: &self.metrics,
-            counts: Some(&mut self.counts),
+            pearl: &mut state,
+            count_untyped: true,
         };
         for event in encoder.encode(change) {
             Metrics::inc(&self.metrics.events_published);

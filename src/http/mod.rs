@@ -49,6 +49,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Live events, encoded once.
     pub hub: Hub,
+    /// PEARL's running state (the listener's), copied by a session that replays the log.
+    pub pearl: Arc<std::sync::Mutex<crate::feed::pearl::State>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// True while the listener is connected and caught up (`/readyz`).

@@ -25,7 +25,7 @@ use super::AppState;
 use crate::feed::event::{Encoder, Event};
 use crate::feed::hub::Filter;
 use crate::feed::log::{self, Cursor};
-use crate::feed::pearl;
+use crate::feed::pearl::{self, Audience};
 use crate::metrics::Metrics;
 
 /// Close codes of DESIGN §4.
@@ -333,7 +333,12 @@ impl Session {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        self.filter.as_ref().is_some_and(|f| f.matches(event))
+        let audience = match self.protocol {
+            Protocol::General => Audience::Native,
+            Protocol::Pearl => Audience::Pearl,
+        };
+        (event.audience == Audience::All || event.audience == audience)
+            && self.filter.as_ref().is_some_and(|f| f.matches(event))
             && self
                 .watermarks
                 .get(&event.table)
@@ -355,6 +360,14 @@ impl Session {
             return Ok(());
         }
         Metrics::inc(&self.state.metrics.client_catch_ups);
+        // PEARL's state as of where the replay starts, so replayed events carry
+        // the same counts and names live ones did.
+        let mut pearl = self.state.pearl.lock().expect("pearl state lock").clone();
+        if let Err(err) = pearl.move_to(&self.state.pool, self.last_seq).await {
+            tracing::error!(connection = %self.id, error = %err, "reading the log for a client");
+            let message = json!({"type": "refresh_needed", "reason": "log_unavailable", "seq": self.last_seq});
+            return self.send(socket, text(message.to_string())).await;
+        }
         let mut cursor = Cursor::after(self.last_seq);
         loop {
             let (changes, next) = match log::read(&self.state.pool, cursor, LOG_PAGE).await {
@@ -370,7 +383,8 @@ impl Session {
             }
             let mut encoder = Encoder {
                 metrics: &self.state.metrics,
-                counts: None,
+                pearl: &mut pearl,
+                count_untyped: false,
             };
             for change in changes {
                 for event in encoder.encode(change) {

@@ -4,6 +4,10 @@
 //! its type (a needed column dropped or retyped) is still delivered, in
 //! generic form, and counted.
 
+mod state;
+
+pub use state::{Audience, ItemContext, Message, Outcome, State};
+
 use serde::Deserialize;
 use serde_json::Value;
 
