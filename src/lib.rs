@@ -33,4 +33,5 @@ pub mod feed;
 pub mod http;
 pub mod install;
 pub mod metrics;
+pub mod protocol;
 pub mod server;

@@ -494,8 +494,8 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
     client.next_of("connected").await;
     for (input, expect) in [
         ("{not json", "cannot read"),
-        (r#"{"action":"fly"}"#, "unknown variant"),
-        (r#"{"no_action":1}"#, "missing field"),
+        (r#"{"action":"fly"}"#, "unknown action"),
+        (r#"{"no_action":1}"#, "names no action"),
         (r#"{"action":"subscribe","tables":"studies"}"#, "invalid type"),
         (r#"{"action":"resume","after":"x"}"#, "invalid type"),
         ("[]", "cannot read"),

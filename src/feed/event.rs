@@ -27,6 +27,17 @@ pub struct Event {
     pub closes_tx: bool,
     /// The encoded event, shared by every connection that sends it.
     pub frame: Utf8Bytes,
+    /// The same in the `{"event": …}` envelope, made by the first client that wants it.
+    pub envelope_frame: std::sync::OnceLock<Utf8Bytes>,
+}
+
+impl Event {
+    /// The frame in the `{"event": …}` envelope, encoded once per event.
+    pub fn enveloped(&self) -> Utf8Bytes {
+        self.envelope_frame
+            .get_or_init(|| crate::protocol::event_envelope(&self.frame).into())
+            .clone()
+    }
 }
 
 #[derive(Serialize)]
@@ -132,6 +143,7 @@ impl Encoder<'_> {
                 opens_tx: n == 0 && change.tx_index == 0,
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),
+                envelope_frame: std::sync::OnceLock::new(),
             });
         }
         events

@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -58,24 +57,30 @@ impl Hub {
 
 /// What a client asked to receive: `subscribe {tables?, types?, where?}`.
 /// Absent lists mean "all"; `where` is field equality, or membership for an array.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Filter {
-    #[serde(default)]
     pub tables: Option<HashSet<String>>,
-    #[serde(default)]
     pub types: Option<HashSet<String>>,
-    #[serde(default, rename = "where")]
     pub where_: Option<serde_json::Map<String, Value>>,
+    /// Types unsubscribed from a subscription to all types.
+    pub except_types: HashSet<String>,
 }
 
 impl Filter {
+    /// `unsubscribe {types}`: stops only these types.
+    pub fn drop_types(&mut self, types: &HashSet<String>) {
+        match &mut self.types {
+            Some(wanted) => wanted.retain(|t| !types.contains(t)),
+            None => self.except_types.extend(types.iter().cloned()),
+        }
+    }
+
     /// True when `event` is wanted. Looks into the parsed row; never re-parses.
     pub fn matches(&self, event: &Event) -> bool {
         if self.tables.as_ref().is_some_and(|t| !t.contains(&event.table)) {
             return false;
         }
-        if self.types.as_ref().is_some_and(|t| !t.contains(&event.kind)) {
+        if self.types.as_ref().is_some_and(|t| !t.contains(&event.kind)) || self.except_types.contains(&event.kind) {
             return false;
         }
         match &self.where_ {

@@ -92,17 +92,24 @@ pub fn to_utc_millis(text: &str) -> Option<String> {
     };
     let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
     let utc = local - offset_seconds;
-    let (days, secs) = (utc.div_euclid(86_400), utc.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+    let (y, _, _) = civil_from_days(utc.div_euclid(86_400));
     if !(0..=9999).contains(&y) {
         return None;
     }
-    Some(format!(
+    Some(from_unix_millis(utc * 1000 + millis))
+}
+
+/// Milliseconds since 1970 as UTC `YYYY-MM-DDTHH:MM:SS.sssZ`.
+pub fn from_unix_millis(ms: i64) -> String {
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
-    ))
+    )
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
         .route("/ws", get(session::general))
+        .route("/ws/updates", get(session::updates))
         .route("/api/v1/ws/studies", get(session::pearl))
         .route("/api/v1/{table}", get(rest::table_snapshot))
         .with_state(state)

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::feed::log;
+use crate::protocol::{Envelope, ServerMessage};
+use serde_json::value::RawValue;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -30,21 +32,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /api/v1/<table>`: `{"table", "seq", "rows"}`; the rows reflect exactly
+/// `GET /api/v1/<table>`: `{"type", "table", "seq", "rows"}`; the rows reflect exactly
 /// the transactions up to `seq`, so a client can follow on with `resume {after: seq}`.
 pub async fn table_snapshot(State(state): State<AppState>, Path(table): Path<String>) -> Result<Response, ApiError> {
-    let Some((watermark, rows)) = log::snapshot(&state.pool, &table).await? else {
+    let table = table.trim_end_matches('/');
+    let Some((watermark, rows)) = log::snapshot(&state.pool, table).await? else {
         return Err(ApiError::NotFound(format!("table `{table}` is not tracked")));
     };
-    let body = snapshot_message("snapshot", &table, watermark, &rows);
+    let rows = RawValue::from_string(rows).expect("the log returns JSON");
+    let body = ServerMessage::Snapshot {
+        table,
+        seq: watermark,
+        rows: &rows,
+    }
+    .encode(Envelope::Type);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// `{"type", "table", "seq", "rows"}` around rows that are already JSON text, not re-parsed.
-pub fn snapshot_message(kind: &str, table: &str, watermark: i64, rows: &str) -> String {
-    format!(
-        r#"{{"type":{},"table":{},"seq":{watermark},"rows":{rows}}}"#,
-        serde_json::Value::from(kind),
-        serde_json::Value::from(table)
-    )
 }

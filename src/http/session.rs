@@ -6,7 +6,7 @@
 //! middle of a transaction, it reads the log after the last transaction it
 //! delivered and then follows the hub again, dropping what it already sent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,23 +17,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
-use super::rest::snapshot_message;
 use super::AppState;
 use crate::feed::event::{Encoder, Event};
 use crate::feed::hub::Filter;
 use crate::feed::log::{self, Cursor};
 use crate::feed::pearl::{self, Audience};
 use crate::metrics::Metrics;
-
-/// Close codes of DESIGN §4.
-pub mod close {
-    pub const SHUTDOWN: u16 = 1001;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-}
+use crate::protocol::{close, Action, Envelope, ServerMessage};
 
 const LOG_PAGE: i64 = 1000;
 
@@ -50,6 +43,19 @@ pub enum Protocol {
 pub struct ConnectQuery {
     /// Resume right away after this seq (same as a first `resume` message).
     after: Option<i64>,
+    /// `event`: the `{"event", "data", "timestamp"}` envelope both ways.
+    envelope: Option<String>,
+    /// A token (answered "not enabled" until authentication lands). Never logged.
+    token: Option<String>,
+}
+
+/// How a connection was opened.
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    protocol: Protocol,
+    envelope: Envelope,
+    after: Option<i64>,
+    token_given: bool,
 }
 
 pub async fn general(
@@ -57,14 +63,55 @@ pub async fn general(
     State(state): State<AppState>,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    upgrade(ws, state, Protocol::General, query.after)
+    let envelope = match query.envelope.as_deref() {
+        None | Some("type") => Envelope::Type,
+        Some("event") => Envelope::Event,
+        Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
+    };
+    upgrade(
+        ws,
+        state,
+        Opening {
+            protocol: Protocol::General,
+            envelope,
+            after: query.after,
+            token_given: query.token.is_some(),
+        },
+    )
 }
 
-pub async fn pearl(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    upgrade(ws, state, Protocol::Pearl, None)
+/// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
+pub async fn updates(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    upgrade(
+        ws,
+        state,
+        Opening {
+            protocol: Protocol::General,
+            envelope: Envelope::Event,
+            after: query.after,
+            token_given: query.token.is_some(),
+        },
+    )
 }
 
-fn upgrade(ws: WebSocketUpgrade, state: AppState, protocol: Protocol, after: Option<i64>) -> Response {
+pub async fn pearl(ws: WebSocketUpgrade, State(state): State<AppState>, Query(query): Query<ConnectQuery>) -> Response {
+    upgrade(
+        ws,
+        state,
+        Opening {
+            protocol: Protocol::Pearl,
+            envelope: Envelope::Type,
+            after: None,
+            token_given: query.token.is_some(),
+        },
+    )
+}
+
+fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response {
     let open = state.metrics.ws_connections.load(Ordering::Relaxed);
     if open >= state.limits.max_connections as i64 {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -75,37 +122,10 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, protocol: Protocol, after: Opt
         .on_upgrade(move |socket: WebSocket| {
             let sockets = state.sockets.clone();
             sockets.track_future(async move {
-                let session = Session::new(state, protocol);
-                session.run(socket, after).await;
+                let session = Session::new(state, opening.protocol, opening.envelope);
+                session.run(socket, opening).await;
             })
         })
-}
-
-/// A client message. Unknown actions and fields are refused with a clear error.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-enum Action {
-    Ping,
-    Subscribe {
-        #[serde(default)]
-        tables: Option<HashSet<String>>,
-        #[serde(default)]
-        types: Option<HashSet<String>>,
-        #[serde(default, rename = "where")]
-        where_: Option<serde_json::Map<String, serde_json::Value>>,
-    },
-    Unsubscribe,
-    Snapshot {
-        table: String,
-    },
-    Resume {
-        after: i64,
-    },
-    Refresh,
-    Auth {
-        #[allow(dead_code)]
-        token: String,
-    },
 }
 
 /// Why a session ended early.
@@ -120,6 +140,8 @@ enum End {
 pub struct Session {
     state: AppState,
     protocol: Protocol,
+    /// How this client's messages are wrapped, both ways.
+    envelope: Envelope,
     id: uuid::Uuid,
     /// Our place in the hub's ring.
     rx: broadcast::Receiver<Arc<Event>>,
@@ -137,7 +159,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(state: AppState, protocol: Protocol) -> Session {
+    pub fn new(state: AppState, protocol: Protocol, envelope: Envelope) -> Session {
         // Subscribe before reading the head, so nothing after the head is missed.
         let rx = state.hub.subscribe();
         let last_seq = state.hub.head();
@@ -151,6 +173,7 @@ impl Session {
         Session {
             state,
             protocol,
+            envelope,
             id: uuid::Uuid::new_v4(),
             rx,
             filter,
@@ -162,7 +185,7 @@ impl Session {
     }
 
     /// Serves the connection until the client leaves, stops reading, or the server shuts down.
-    pub async fn run<S, E>(mut self, mut socket: S, after: Option<i64>)
+    async fn run<S, E>(mut self, mut socket: S, opening: Opening)
     where
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: std::fmt::Display,
@@ -171,7 +194,7 @@ impl Session {
         metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&metrics.ws_connections_total);
         tracing::debug!(connection = %self.id, protocol = ?self.protocol, "connected");
-        let end = self.serve(&mut socket, after).await;
+        let end = self.serve(&mut socket, opening).await;
         if let Err(End::Stuck) = end {
             Metrics::inc(&metrics.clients_closed_slow);
             tracing::info!(connection = %self.id, "closing a client that stopped reading");
@@ -185,20 +208,31 @@ impl Session {
         tracing::debug!(connection = %self.id, "disconnected");
     }
 
-    async fn serve<S, E>(&mut self, socket: &mut S, after: Option<i64>) -> Result<(), End>
+    async fn serve<S, E>(&mut self, socket: &mut S, opening: Opening) -> Result<(), End>
     where
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: std::fmt::Display,
     {
         match self.protocol {
             Protocol::General => {
-                let hello = json!({"type": "connected", "connection_id": self.id, "seq": self.last_seq});
-                self.send(socket, text(hello.to_string())).await?;
-                if let Some(after) = after {
+                let hello = ServerMessage::Connected {
+                    connection_id: self.id,
+                    seq: self.last_seq,
+                };
+                self.reply(socket, &hello).await?;
+                if opening.token_given {
+                    self.auth_not_enabled(socket).await?;
+                }
+                if let Some(after) = opening.after {
                     self.resume(socket, after).await?;
                 }
             }
-            Protocol::Pearl => self.studies_update(socket).await?,
+            Protocol::Pearl => {
+                self.studies_update(socket).await?;
+                if opening.token_given {
+                    self.auth_not_enabled(socket).await?;
+                }
+            }
         }
         let heartbeat = self.state.limits.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -256,16 +290,13 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        let action: Action = match serde_json::from_str(message) {
+        let action = match Action::parse(message) {
             Ok(action) => action,
-            Err(err) => {
-                return self
-                    .error(socket, "bad_request", &format!("cannot read that message: {err}"))
-                    .await
-            }
+            Err(err) => return self.error(socket, "bad_request", &err).await,
         };
         match (self.protocol, action) {
-            (_, Action::Ping) => self.send(socket, text(r#"{"type":"pong"}"#.to_string())).await,
+            (_, Action::Ping) => self.reply(socket, &ServerMessage::Pong).await,
+            (_, Action::Auth { .. }) => self.auth_not_enabled(socket).await,
             (Protocol::Pearl, Action::Refresh) => self.studies_update(socket).await,
             (Protocol::Pearl, _) => {
                 self.error(
@@ -275,18 +306,25 @@ impl Session {
                 )
                 .await
             }
-            (Protocol::General, Action::Subscribe { tables, types, where_ }) => {
-                let filter = Filter { tables, types, where_ };
-                let reply = json!({
-                    "type": "subscribed", "seq": self.last_seq,
-                    "tables": filter.tables, "types": filter.types, "where": filter.where_,
-                });
+            (Protocol::General, Action::Subscribe(subscription)) => {
+                let filter = Filter::from(subscription);
+                let reply = ServerMessage::Subscribed {
+                    seq: self.last_seq,
+                    tables: filter.tables.as_ref(),
+                    types: filter.types.as_ref(),
+                    where_: filter.where_.as_ref(),
+                };
+                self.reply(socket, &reply).await?;
                 self.filter = Some(filter);
-                self.send(socket, text(reply.to_string())).await
+                Ok(())
             }
-            (Protocol::General, Action::Unsubscribe) => {
-                self.filter = None;
-                self.send(socket, text(r#"{"type":"unsubscribed"}"#.to_string())).await
+            (Protocol::General, Action::Unsubscribe { types }) => {
+                match (&types, self.filter.as_mut()) {
+                    (Some(types), Some(filter)) => filter.drop_types(types),
+                    _ => self.filter = None,
+                }
+                self.reply(socket, &ServerMessage::Unsubscribed { types: types.as_ref() })
+                    .await
             }
             (Protocol::General, Action::Snapshot { table }) => self.snapshot(socket, &table).await,
             (Protocol::General, Action::Resume { after }) => self.resume(socket, after).await,
@@ -298,11 +336,16 @@ impl Session {
                 )
                 .await
             }
-            (Protocol::General, Action::Auth { .. }) => {
-                self.error(socket, "bad_request", "authentication is not enabled on this server")
-                    .await
-            }
         }
+    }
+
+    /// `auth` and `?token=` are read and answered until authentication lands; the socket stays open.
+    async fn auth_not_enabled<S>(&mut self, socket: &mut S) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        self.error(socket, "not_enabled", "authentication is not enabled on this server")
+            .await
     }
 
     /// An event from the hub: sent when wanted, exactly once, whole transactions in order.
@@ -322,7 +365,7 @@ impl Session {
             self.open_seen = 0;
         }
         if self.wants(event) {
-            self.feed(socket, Message::Text(event.frame.clone())).await?;
+            self.feed_event(socket, event).await?;
         }
         self.open_seen += 1;
         if event.closes_tx {
@@ -365,8 +408,7 @@ impl Session {
         let mut pearl = self.state.pearl.lock().expect("pearl state lock").clone();
         if let Err(err) = pearl.move_to(&self.state.pool, self.last_seq).await {
             tracing::error!(connection = %self.id, error = %err, "reading the log for a client");
-            let message = json!({"type": "refresh_needed", "reason": "log_unavailable", "seq": self.last_seq});
-            return self.send(socket, text(message.to_string())).await;
+            return self.log_unavailable(socket).await;
         }
         let mut cursor = Cursor::after(self.last_seq);
         loop {
@@ -374,8 +416,7 @@ impl Session {
                 Ok(page) => page,
                 Err(err) => {
                     tracing::error!(connection = %self.id, error = %err, "reading the log for a client");
-                    let message = json!({"type": "refresh_needed", "reason": "log_unavailable", "seq": self.last_seq});
-                    return self.send(socket, text(message.to_string())).await;
+                    return self.log_unavailable(socket).await;
                 }
             };
             if changes.is_empty() {
@@ -391,7 +432,7 @@ impl Session {
                     if Some(event.seq) == partial_seq && partial_seen > 0 {
                         partial_seen -= 1;
                     } else if self.wants(&event) {
-                        self.feed(socket, Message::Text(event.frame.clone())).await?;
+                        self.feed_event(socket, &event).await?;
                     }
                     if event.closes_tx {
                         self.last_seq = event.seq;
@@ -421,9 +462,12 @@ impl Session {
             }
         };
         if after < oldest {
-            let message =
-                json!({"type": "refresh_needed", "reason": "retention", "oldest_seq": oldest, "after": after});
-            return self.send(socket, text(message.to_string())).await;
+            let message = ServerMessage::RefreshNeeded {
+                reason: "retention",
+                seq: after,
+                oldest_seq: Some(oldest),
+            };
+            return self.reply(socket, &message).await;
         }
         if after > head {
             return self
@@ -439,11 +483,7 @@ impl Session {
         }
         self.watermarks.clear();
         self.last_seq = after;
-        self.send(
-            socket,
-            text(json!({"type": "resumed", "after": after, "head": head}).to_string()),
-        )
-        .await?;
+        self.reply(socket, &ServerMessage::Resumed { after, head }).await?;
         self.catch_up(socket).await
     }
 
@@ -453,8 +493,13 @@ impl Session {
     {
         match log::snapshot(&self.state.pool, table).await {
             Ok(Some((watermark, rows))) => {
-                self.send(socket, text(snapshot_message("snapshot", table, watermark, &rows)))
-                    .await?;
+                let rows = RawValue::from_string(rows).expect("the log returns JSON");
+                let message = ServerMessage::Snapshot {
+                    table,
+                    seq: watermark,
+                    rows: &rows,
+                };
+                self.reply(socket, &message).await?;
                 self.watermarks.insert(table.to_string(), watermark);
                 Ok(())
             }
@@ -477,8 +522,12 @@ impl Session {
     {
         match log::snapshot(&self.state.pool, "studies").await {
             Ok(Some((watermark, rows))) => {
-                let message = format!(r#"{{"type":"studies_update","data":{rows},"seq":{watermark}}}"#);
-                self.send(socket, text(message)).await?;
+                let rows = RawValue::from_string(rows).expect("the log returns JSON");
+                let message = ServerMessage::StudiesUpdate {
+                    data: &rows,
+                    seq: watermark,
+                };
+                self.reply(socket, &message).await?;
                 self.watermarks.insert("studies".to_string(), watermark);
                 Ok(())
             }
@@ -495,11 +544,41 @@ impl Session {
         S: Sink<Message> + Unpin,
     {
         Metrics::inc(&self.state.metrics.client_errors);
-        self.send(
-            socket,
-            text(json!({"type": "error", "code": code, "message": message}).to_string()),
-        )
-        .await
+        self.reply(socket, &ServerMessage::Error { code, message }).await
+    }
+
+    /// The log could not be read: the client must re-snapshot from where it is.
+    async fn log_unavailable<S>(&mut self, socket: &mut S) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let message = ServerMessage::RefreshNeeded {
+            reason: "log_unavailable",
+            seq: self.last_seq,
+            oldest_seq: None,
+        };
+        self.reply(socket, &message).await
+    }
+
+    /// Sends one of the server's own messages in this client's envelope.
+    async fn reply<S>(&self, socket: &mut S, message: &ServerMessage<'_>) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        self.send(socket, Message::Text(message.encode(self.envelope).into()))
+            .await
+    }
+
+    /// Queues an event's frame, in this client's envelope.
+    async fn feed_event<S>(&self, socket: &mut S, event: &Event) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let frame = match self.envelope {
+            Envelope::Type => event.frame.clone(),
+            Envelope::Event => event.enveloped(),
+        };
+        self.feed(socket, Message::Text(frame)).await
     }
 
     /// Sends and flushes, giving up on a client that does not read.
@@ -535,10 +614,6 @@ impl Session {
             Err(_) => Err(End::Stuck),
         }
     }
-}
-
-fn text(message: String) -> Message {
-    Message::Text(Utf8Bytes::from(message))
 }
 
 fn close_frame(code: u16, reason: &'static str) -> Message {

@@ -1,0 +1,322 @@
+//! The wire protocol in one place (DESIGN §4): what clients may send (with the
+//! seeds' dialects), every message the server sends besides events, the close
+//! codes, and the two envelopes. WebSocket sessions, SSE and `tail` all read
+//! these definitions; events themselves are encoded once in `feed::event`.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// Close codes.
+pub mod close {
+    pub const SHUTDOWN: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// How messages are wrapped, both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Envelope {
+    /// `{"type": …, …}`; clients name their verb with `action` or `type`.
+    #[default]
+    Type,
+    /// `{"event": …, "data": …, "timestamp": …}` (`/ws/updates`, `/ws?envelope=event`).
+    Event,
+}
+
+/// `subscribe {tables?, types?, where?}`; `event_types` is the seeds' name for `types`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    #[serde(default)]
+    pub tables: Option<HashSet<String>>,
+    #[serde(default, alias = "event_types")]
+    pub types: Option<HashSet<String>>,
+    #[serde(default, rename = "where")]
+    pub where_: Option<Map<String, Value>>,
+}
+
+impl From<Subscription> for crate::feed::hub::Filter {
+    fn from(s: Subscription) -> Self {
+        crate::feed::hub::Filter {
+            tables: s.tables,
+            types: s.types,
+            where_: s.where_,
+            except_types: HashSet::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypesArg {
+    #[serde(default, alias = "event_types")]
+    types: Option<HashSet<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableArg {
+    table: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterArg {
+    after: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenArg {
+    token: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+/// What a client asks for.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Ping,
+    Subscribe(Subscription),
+    /// Without types: stop everything; with types: stop only those.
+    Unsubscribe {
+        types: Option<HashSet<String>>,
+    },
+    Snapshot {
+        table: String,
+    },
+    Resume {
+        after: i64,
+    },
+    /// PEARL: a fresh `studies_update`.
+    Refresh,
+    Auth {
+        token: String,
+    },
+}
+
+/// Fields the seeds' clients send alongside their verb that mean nothing here.
+const IGNORED: [&str; 4] = ["id", "request_id", "client_id", "timestamp"];
+
+impl Action {
+    /// Reads one client message. The verb is `action`, `type` or `event`; its
+    /// arguments are the other fields, or the fields of `data` (the envelope).
+    /// Unknown verbs and fields are refused with a message saying which.
+    pub fn parse(text: &str) -> Result<Action, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("cannot read that message as JSON: {e}"))?;
+        let Value::Object(mut fields) = value else {
+            return Err("cannot read that message: send a JSON object like {\"action\":\"ping\"}".into());
+        };
+        let verb = ["action", "type", "event"]
+            .iter()
+            .find_map(|name| fields.remove(*name))
+            .ok_or("the message names no action: add \"action\" (or \"type\")")?;
+        let Value::String(verb) = verb else {
+            return Err(format!("the action must be a string, not {verb}"));
+        };
+        if let Some(data) = fields.remove("data") {
+            match data {
+                Value::Object(data) => {
+                    for (name, value) in data {
+                        fields.entry(name).or_insert(value);
+                    }
+                }
+                Value::Null => {}
+                other => return Err(format!("`data` must be an object, not {other}")),
+            }
+        }
+        for name in IGNORED {
+            fields.remove(name);
+        }
+        let args = Value::Object(fields);
+        fn read<T: for<'de> Deserialize<'de>>(verb: &str, args: Value) -> Result<T, String> {
+            serde_json::from_value(args).map_err(|e| format!("cannot read `{verb}`: {e}"))
+        }
+        Ok(match verb.as_str() {
+            "ping" => read::<NoArgs>(&verb, args).map(|_| Action::Ping)?,
+            "subscribe" => Action::Subscribe(read(&verb, args)?),
+            "unsubscribe" => Action::Unsubscribe {
+                types: read::<TypesArg>(&verb, args)?.types,
+            },
+            "snapshot" => Action::Snapshot {
+                table: read::<TableArg>(&verb, args)?.table,
+            },
+            "resume" => Action::Resume {
+                after: read::<AfterArg>(&verb, args)?.after,
+            },
+            "refresh" => read::<NoArgs>(&verb, args).map(|_| Action::Refresh)?,
+            "auth" => Action::Auth {
+                token: read::<TokenArg>(&verb, args)?.token,
+            },
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(format!(
+                    "unknown action `{shown}`: expected ping, subscribe, unsubscribe, snapshot, resume, refresh or auth"
+                ));
+            }
+        })
+    }
+}
+
+/// Every message the server sends other than events.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// First message on `/ws`.
+    Connected {
+        connection_id: uuid::Uuid,
+        seq: i64,
+    },
+    Pong,
+    Subscribed {
+        seq: i64,
+        tables: Option<&'a HashSet<String>>,
+        types: Option<&'a HashSet<String>>,
+        #[serde(rename = "where")]
+        where_: Option<&'a Map<String, Value>>,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        types: Option<&'a HashSet<String>>,
+    },
+    /// Replay after `after` follows, then live events.
+    Resumed {
+        after: i64,
+        head: i64,
+    },
+    /// The client must re-snapshot: its position can no longer be served.
+    RefreshNeeded {
+        reason: &'a str,
+        seq: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        oldest_seq: Option<i64>,
+    },
+    /// Rows of `table` as of `seq`; events after `seq` follow.
+    Snapshot {
+        table: &'a str,
+        seq: i64,
+        rows: &'a RawValue,
+    },
+    /// PEARL: every study, as of `seq`.
+    StudiesUpdate {
+        data: &'a RawValue,
+        seq: i64,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message's JSON text in `envelope`.
+    pub fn encode(&self, envelope: Envelope) -> String {
+        let native = serde_json::to_string(self).expect("server messages always serialize");
+        match envelope {
+            Envelope::Type => native,
+            Envelope::Event => {
+                let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&native) else {
+                    unreachable!("a tagged enum serializes to an object")
+                };
+                let event = fields.remove("type").unwrap_or(Value::Null);
+                let data = match (fields.remove("data"), fields.is_empty()) {
+                    (Some(data), true) => data,
+                    (Some(data), false) => {
+                        fields.insert("data".into(), data);
+                        Value::Object(fields)
+                    }
+                    (None, _) => Value::Object(fields),
+                };
+                serde_json::json!({"event": event, "data": data, "timestamp": now_utc()}).to_string()
+            }
+        }
+    }
+}
+
+/// An event's frame (encoded with `"type"` first, see `feed::event`) in the event envelope.
+pub fn event_envelope(frame: &str) -> String {
+    match frame.strip_prefix("{\"type\":") {
+        Some(rest) => format!("{{\"event\":{rest}"),
+        None => frame.to_string(),
+    }
+}
+
+/// Now, as every timestamp on the wire: UTC `YYYY-MM-DDTHH:MM:SS.sssZ`.
+pub fn now_utc() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::feed::timestamps::from_unix_millis(now.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_by_action_type_or_event_with_the_seeds_aliases() {
+        for text in [
+            r#"{"action":"subscribe","types":["study_created"]}"#,
+            r#"{"type":"subscribe","event_types":["study_created"]}"#,
+            r#"{"event":"subscribe","data":{"event_types":["study_created"]},"timestamp":"x"}"#,
+        ] {
+            let Ok(Action::Subscribe(s)) = Action::parse(text) else {
+                panic!("{text}")
+            };
+            assert_eq!(s.types.unwrap().into_iter().collect::<Vec<_>>(), ["study_created"]);
+        }
+        assert!(matches!(Action::parse(r#"{"event":"ping"}"#), Ok(Action::Ping)));
+        assert!(matches!(
+            Action::parse(r#"{"type":"auth","token":"t"}"#),
+            Ok(Action::Auth { .. })
+        ));
+        assert!(matches!(
+            Action::parse(r#"{"type":"unsubscribe","event_types":["a"]}"#),
+            Ok(Action::Unsubscribe { types: Some(_) })
+        ));
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        for (text, says) in [
+            ("{not json", "cannot read"),
+            ("[]", "cannot read"),
+            (r#"{"action":"fly"}"#, "unknown action `fly`"),
+            (r#"{"no_action":1}"#, "names no action"),
+            (r#"{"action":7}"#, "must be a string"),
+            (r#"{"action":"subscribe","tables":"studies"}"#, "invalid type"),
+            (r#"{"action":"subscribe","tabels":["studies"]}"#, "unknown field"),
+            (r#"{"action":"resume","after":"x"}"#, "invalid type"),
+            (r#"{"action":"resume"}"#, "missing field"),
+            (r#"{"event":"subscribe","data":3}"#, "must be an object"),
+        ] {
+            let err = Action::parse(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn envelopes() {
+        let pong = ServerMessage::Pong.encode(Envelope::Event);
+        let pong: Value = serde_json::from_str(&pong).unwrap();
+        assert_eq!(pong["event"], "pong");
+        assert!(pong["timestamp"].as_str().unwrap().ends_with('Z'));
+        let connected = ServerMessage::Connected {
+            connection_id: uuid::Uuid::nil(),
+            seq: 4,
+        }
+        .encode(Envelope::Event);
+        let connected: Value = serde_json::from_str(&connected).unwrap();
+        assert_eq!(connected["data"]["seq"], 4);
+        assert_eq!(
+            event_envelope(r#"{"type":"study_created","data":{"id":1},"seq":2}"#),
+            r#"{"event":"study_created","data":{"id":1},"seq":2}"#
+        );
+        assert_eq!(ServerMessage::Pong.encode(Envelope::Type), r#"{"type":"pong"}"#);
+    }
+}
