@@ -149,6 +149,11 @@ pub struct ServeArgs {
     /// Database connections for snapshots and log reads.
     #[arg(long, env = "PGFEED_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+
+    /// Serve PEARL's REST writes (POST/PUT/PATCH/DELETE /api/v1/<table>) on tracked tables.
+    /// The server's role then needs INSERT, UPDATE and DELETE on those tables.
+    #[arg(long, env = "PGFEED_ENABLE_WRITES")]
+    pub enable_writes: bool,
 }
 
 /// Parses `500ms`, `30s`, `15m`, `24h`, `7d` (or a bare number of seconds).

@@ -52,6 +52,7 @@ impl From<&ServeArgs> for Settings {
                 max_frame: args.max_frame,
                 max_connections: args.max_connections,
                 write_timeout: args.client_write_timeout,
+                enable_writes: args.enable_writes,
             },
         }
     }

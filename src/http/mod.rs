@@ -2,6 +2,7 @@
 
 pub mod rest;
 pub mod session;
+pub mod write;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long one outbound message may wait on a client that does not read.
     pub write_timeout: Duration,
+    /// Whether the REST write routes are on (`--enable-writes`).
+    pub enable_writes: bool,
 }
 
 impl Default for Limits {
@@ -38,6 +41,7 @@ impl Default for Limits {
             max_frame: 64 * 1024,
             max_connections: 10_000,
             write_timeout: Duration::from_secs(30),
+            enable_writes: false,
         }
     }
 }
@@ -72,7 +76,16 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(session::general))
         .route("/ws/updates", get(session::updates))
         .route("/api/v1/ws/studies", get(session::pearl))
-        .route("/api/v1/{table}", get(rest::table_snapshot))
+        .route("/api/v1/{table}", get(rest::table_snapshot).post(write::create))
+        .route("/api/v1/{table}/", get(rest::table_snapshot).post(write::create))
+        .route(
+            "/api/v1/{table}/{id}",
+            put(write::update).patch(write::update).delete(write::remove),
+        )
+        .route(
+            "/api/v1/{table}/{id}/",
+            put(write::update).patch(write::update).delete(write::remove),
+        )
         .with_state(state)
 }
 
@@ -81,6 +94,10 @@ pub fn app(state: AppState) -> Router {
 pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("writes are disabled on this server (start it with --enable-writes)")]
+    WritesDisabled,
     #[error("{0}")]
     Unavailable(String),
     #[error("database error")]
@@ -91,15 +108,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::WritesDisabled => (StatusCode::METHOD_NOT_ALLOWED, "writes_disabled"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Database(err) => {
                 tracing::error!(error = %err, "database error serving a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
+        // `detail` is PEARL's (FastAPI's) field; `type`/`code`/`message` the native one.
+        let message = self.to_string();
         (
             status,
-            Json(serde_json::json!({ "type": "error", "code": code, "message": self.to_string() })),
+            Json(serde_json::json!({ "detail": message, "type": "error", "code": code, "message": message })),
         )
             .into_response()
     }

@@ -391,9 +391,18 @@ pub async fn seed_pearl(db: &TestDb) {
 
 /// A plain HTTP/1.1 GET against the server: (status, body).
 pub async fn http_get(running: &Running, path: &str) -> (u16, String) {
+    http(running, "GET", path, None).await
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body: (status, body).
+pub async fn http(running: &Running, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
