@@ -16,7 +16,7 @@ use clap::Args;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::db::embedded;
+use crate::db;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -45,13 +45,8 @@ const VARIANTS: [(&str, &str); 3] = [
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("pgfeed-bench-{}", std::process::id()));
-    let (url, cluster) = match &args.database_url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let cluster = embedded::Cluster::start(&scratch, embedded::Durability::Durable)?;
-            (cluster.url("postgres"), Some(cluster))
-        }
-    };
+    let database = db::resolve(args.database_url.as_deref(), &scratch).await?;
+    let url = database.url.clone();
     let admin = PgPoolOptions::new().max_connections(1).connect(&url).await?;
     sqlx::query("DROP DATABASE IF EXISTS pgfeed_bench")
         .execute(&admin)
@@ -108,7 +103,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     println!("  tracked / bare_notify = {:.2}   (target >= 0.85)", tracked / bare);
     println!("  tracked / plain       = {:.2}", tracked / plain);
     pool.close().await;
-    drop(cluster);
+    drop(database);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

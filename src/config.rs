@@ -7,6 +7,26 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The one set of defaults: the command line shows them, and the server's and
+/// HTTP layer's `Default`s (what tests and embedders get) are built from them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const BIND: &str = "127.0.0.1:8000";
+    pub const RETENTION: &str = "24h";
+    pub const HEARTBEAT: &str = "30s";
+    pub const MAX_FRAME: usize = 64 * 1024;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const HUB_CAPACITY: usize = 8192;
+    pub const CLIENT_WRITE_TIMEOUT: &str = "30s";
+    pub const DB_POOL: u32 = 16;
+
+    /// A default given as text (as the command line takes it) as a duration.
+    pub fn duration(text: &str) -> Duration {
+        super::parse_duration(text).expect("the defaults are valid durations")
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pgfeed",
@@ -118,36 +138,36 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     /// Address to listen on.
-    #[arg(long, env = "PGFEED_BIND", default_value = "127.0.0.1:8000")]
+    #[arg(long, env = "PGFEED_BIND", default_value = defaults::BIND)]
     pub bind: SocketAddr,
 
     /// How long the event log is kept; older transactions are pruned (e.g. 24h, 30m, 7d).
-    #[arg(long, env = "PGFEED_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "PGFEED_RETENTION", default_value = defaults::RETENTION, value_parser = parse_duration)]
     pub retention: Duration,
 
     /// How often the server pings each WebSocket; a peer silent for two intervals is dropped.
-    #[arg(long, env = "PGFEED_HEARTBEAT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "PGFEED_HEARTBEAT", default_value = defaults::HEARTBEAT, value_parser = parse_duration)]
     pub heartbeat: Duration,
 
     /// Largest inbound WebSocket message, in bytes; larger ones close the socket with 1009.
-    #[arg(long, env = "PGFEED_MAX_FRAME", default_value_t = 64 * 1024)]
+    #[arg(long, env = "PGFEED_MAX_FRAME", default_value_t = defaults::MAX_FRAME)]
     pub max_frame: usize,
 
     /// Most WebSocket connections at once; more are refused with 503.
-    #[arg(long, env = "PGFEED_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "PGFEED_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Events the hub keeps for connections that are behind; a connection further
     /// behind is served from the log until it catches up.
-    #[arg(long, env = "PGFEED_HUB_CAPACITY", default_value_t = 8192)]
+    #[arg(long, env = "PGFEED_HUB_CAPACITY", default_value_t = defaults::HUB_CAPACITY)]
     pub hub_capacity: usize,
 
     /// How long a client may leave a message unread before it is closed as stuck.
-    #[arg(long, env = "PGFEED_CLIENT_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "PGFEED_CLIENT_WRITE_TIMEOUT", default_value = defaults::CLIENT_WRITE_TIMEOUT, value_parser = parse_duration)]
     pub client_write_timeout: Duration,
 
     /// Database connections for snapshots and log reads.
-    #[arg(long, env = "PGFEED_DB_POOL", default_value_t = 16)]
+    #[arg(long, env = "PGFEED_DB_POOL", default_value_t = defaults::DB_POOL)]
     pub db_pool: u32,
 
     /// Serve PEARL's REST writes (POST/PUT/PATCH/DELETE /api/v1/<table>) on tracked tables.

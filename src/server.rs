@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServeArgs;
+use crate::config::{defaults, ServeArgs};
 use crate::db;
 use crate::feed::hub::Hub;
 use crate::feed::listener::Listener;
@@ -30,11 +30,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        // Port 0: an embedded or test server takes any free port; `serve` binds `--bind`.
         Settings {
             bind: ([127, 0, 0, 1], 0).into(),
-            retention: Duration::from_secs(24 * 3600),
-            hub_capacity: 8192,
-            db_pool: 16,
+            retention: defaults::duration(defaults::RETENTION),
+            hub_capacity: defaults::HUB_CAPACITY,
+            db_pool: defaults::DB_POOL,
             limits: Limits::default(),
         }
     }

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::defaults;
 use crate::feed::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -37,10 +38,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            heartbeat: Duration::from_secs(30),
-            max_frame: 64 * 1024,
-            max_connections: 10_000,
-            write_timeout: Duration::from_secs(30),
+            heartbeat: defaults::duration(defaults::HEARTBEAT),
+            max_frame: defaults::MAX_FRAME,
+            max_connections: defaults::MAX_CONNECTIONS,
+            write_timeout: defaults::duration(defaults::CLIENT_WRITE_TIMEOUT),
             enable_writes: false,
         }
     }
