@@ -20,6 +20,9 @@ pub mod defaults {
     pub const HUB_CAPACITY: usize = 8192;
     pub const CLIENT_WRITE_TIMEOUT: &str = "30s";
     pub const DB_POOL: u32 = 16;
+    pub const MAX_MESSAGE_RATE: u32 = 20;
+    pub const MAX_SUBSCRIPTIONS: usize = 256;
+    pub const AUTH_TIMEOUT: &str = "5s";
 
     /// A default given as text (as the command line takes it) as a duration.
     pub fn duration(text: &str) -> Duration {
@@ -169,6 +172,50 @@ pub struct ServeArgs {
     /// Database connections for snapshots and log reads.
     #[arg(long, env = "PGFEED_DB_POOL", default_value_t = defaults::DB_POOL)]
     pub db_pool: u32,
+
+    /// HS256 shared secret for JWTs (at least 16 bytes). With it (or a public key) every
+    /// request needs a token; without either, pgfeed serves only on a loopback address.
+    #[arg(
+        long,
+        env = "PGFEED_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 or ES256 public key for JWTs: PEM text or the path of a PEM file.
+    #[arg(long, env = "PGFEED_JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub jwt_public_key: Option<String>,
+
+    /// Required `aud` of tokens.
+    #[arg(long, env = "PGFEED_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of tokens.
+    #[arg(long, env = "PGFEED_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Serve without authentication on a non-loopback address (logs a warning at every start).
+    #[arg(long, env = "PGFEED_INSECURE")]
+    pub insecure: bool,
+
+    /// Origins browsers may connect from (comma-separated, e.g. https://app.example.org);
+    /// others get 403. Empty: any origin.
+    #[arg(long, env = "PGFEED_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Messages a connection may send per second (bursts of twice that); more get
+    /// `rate_limited`, and a sustained flood closes the connection with 1008.
+    #[arg(long, env = "PGFEED_MAX_MESSAGE_RATE", default_value_t = defaults::MAX_MESSAGE_RATE)]
+    pub max_message_rate: u32,
+
+    /// Most tables, types and `where` values one connection's subscription may name.
+    #[arg(long, env = "PGFEED_MAX_SUBSCRIPTIONS", default_value_t = defaults::MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+
+    /// How long a connection without a token may take to send `auth` before it is closed with 4401.
+    #[arg(long, env = "PGFEED_AUTH_TIMEOUT", default_value = defaults::AUTH_TIMEOUT, value_parser = parse_duration)]
+    pub auth_timeout: Duration,
 
     /// Serve PEARL's REST writes (POST/PUT/PATCH/DELETE /api/v1/<table>) on tracked tables.
     /// The server's role then needs INSERT, UPDATE and DELETE on those tables.

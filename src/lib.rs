@@ -26,6 +26,7 @@
 //! [`server`] wires these together; [`config`] is the command line; [`bench`]
 //! measures the figures of DESIGN §7.
 
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod db;

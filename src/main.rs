@@ -23,6 +23,9 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => {
+            // Refuse a bad configuration before starting anything.
+            let settings = server::Settings::try_from(&args)?;
+            settings.check_exposure()?;
             let database = resolve(&args.database).await?;
             if let Some(cluster) = &database.cluster {
                 let pool = db::pool(&database.url, 2).await?;
@@ -30,7 +33,7 @@ async fn main() -> Result<()> {
                 pool.close().await;
                 println!("Write to it with: {}", cluster.psql_command(db::EMBEDDED_DATABASE));
             }
-            let running = server::start(&database.url, (&args).into()).await?;
+            let running = server::start(&database.url, settings).await?;
             println!(
                 "pgfeed listening on http://{}  (WebSocket: ws://{}/ws)",
                 running.addr, running.addr

@@ -17,6 +17,16 @@ pub struct Metrics {
     pub ws_connections: AtomicI64,
     pub ws_connections_total: AtomicU64,
     pub client_errors: AtomicU64,
+    /// Tokens refused (bad, expired, missing within the auth deadline).
+    pub auth_refusals: AtomicU64,
+    /// Requests and upgrades refused for their Origin.
+    pub origin_refusals: AtomicU64,
+    /// Client messages refused by the per-connection rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections refused because the connection cap was reached.
+    pub connections_refused: AtomicU64,
+    /// Subscribes or snapshots refused for a table outside the token's scope.
+    pub forbidden: AtomicU64,
     pub head_seq: AtomicI64,
     /// The most events any connection has had waiting in the hub's ring.
     pub client_lag_max: AtomicI64,
@@ -30,7 +40,32 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
+            (
+                "pgfeed_auth_refusals_total",
+                "Tokens refused: bad, expired, or missing past the auth deadline.",
+                &self.auth_refusals,
+            ),
+            (
+                "pgfeed_origin_refusals_total",
+                "Requests refused for an Origin not in PGFEED_ALLOWED_ORIGINS.",
+                &self.origin_refusals,
+            ),
+            (
+                "pgfeed_rate_limited_total",
+                "Client messages refused by the per-connection rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "pgfeed_connections_refused_total",
+                "Connections refused at the connection cap.",
+                &self.connections_refused,
+            ),
+            (
+                "pgfeed_forbidden_total",
+                "Requests refused for a table or row outside the token's scope.",
+                &self.forbidden,
+            ),
             (
                 "pgfeed_events_published_total",
                 "Events handed to the hub.",

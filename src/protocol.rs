@@ -14,6 +14,10 @@ pub mod close {
     pub const SHUTDOWN: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// A token refused, expired, or missing past the auth deadline.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// A scope that does not allow what was asked.
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// How messages are wrapped, both ways.
@@ -167,6 +171,10 @@ impl Action {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
+    /// A token sent with `auth` was accepted; it is valid until `expires_at` (seconds since 1970).
+    AuthOk {
+        expires_at: u64,
+    },
     /// First message on `/ws`.
     Connected {
         connection_id: uuid::Uuid,

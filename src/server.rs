@@ -26,6 +26,10 @@ pub struct Settings {
     pub hub_capacity: usize,
     pub db_pool: u32,
     pub limits: Limits,
+    /// Checks tokens; `None`: authentication off, allowed only on loopback or with `insecure`.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Serve without authentication on a non-loopback address.
+    pub insecure: bool,
 }
 
 impl Default for Settings {
@@ -37,13 +41,38 @@ impl Default for Settings {
             hub_capacity: defaults::HUB_CAPACITY,
             db_pool: defaults::DB_POOL,
             limits: Limits::default(),
+            auth: None,
+            insecure: false,
         }
     }
 }
 
-impl From<&ServeArgs> for Settings {
-    fn from(args: &ServeArgs) -> Self {
-        Settings {
+impl Settings {
+    /// With no key configured, pgfeed serves only on a loopback address, unless told `insecure`.
+    pub fn check_exposure(&self) -> Result<()> {
+        if self.auth.is_none() && !self.bind.ip().is_loopback() && !self.insecure {
+            anyhow::bail!(
+                "refusing to serve on {} without authentication: set PGFEED_JWT_SECRET (or PGFEED_JWT_PUBLIC_KEY) \
+                 so that clients need a token, or pass --insecure (PGFEED_INSECURE=true) to serve every row \
+                 to anyone who can reach the port",
+                self.bind
+            );
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<&ServeArgs> for Settings {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &ServeArgs) -> Result<Self> {
+        let auth = crate::auth::Verifier::from_config(
+            args.jwt_secret.as_deref(),
+            args.jwt_public_key.as_deref(),
+            args.jwt_audience.as_deref(),
+            args.jwt_issuer.as_deref(),
+        )?;
+        Ok(Settings {
             bind: args.bind,
             retention: args.retention,
             hub_capacity: args.hub_capacity,
@@ -54,8 +83,14 @@ impl From<&ServeArgs> for Settings {
                 max_connections: args.max_connections,
                 write_timeout: args.client_write_timeout,
                 enable_writes: args.enable_writes,
+                max_message_rate: args.max_message_rate,
+                max_subscriptions: args.max_subscriptions,
+                auth_timeout: args.auth_timeout,
+                allowed_origins: args.allowed_origins.clone(),
             },
-        }
+            auth: auth.map(Arc::new),
+            insecure: args.insecure,
+        })
     }
 }
 
@@ -86,6 +121,10 @@ impl Running {
 
 /// Migrates the database at `url` and starts serving on `settings.bind`.
 pub async fn start(url: &str, settings: Settings) -> Result<Running> {
+    settings.check_exposure()?;
+    if settings.auth.is_none() && !settings.bind.ip().is_loopback() {
+        tracing::warn!(bind = %settings.bind, "serving WITHOUT authentication on a non-loopback address (--insecure): anyone who can reach the port reads every tracked row");
+    }
     let pool = db::pool(url, settings.db_pool).await?;
     for applied in crate::install::migrate(&pool, false).await? {
         tracing::info!(
@@ -106,6 +145,8 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         pool: pool.clone(),
         hub: Hub::new(settings.hub_capacity),
         pearl: Arc::default(),
+        auth: settings.auth.clone(),
+        connections: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
         metrics: Arc::new(Metrics::default()),
         ready: Arc::new(AtomicBool::new(false)),
         limits: Arc::new(settings.limits.clone()),

@@ -1,6 +1,8 @@
 //! Changes become events: the wire form of DESIGN §3, encoded once and shared
 //! by every subscriber, plus PEARL's messages (`feed::pearl` says which).
 
+use std::sync::Arc;
+
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -17,8 +19,10 @@ pub struct Event {
     /// `study_created`, `comment_resolved`, ...
     pub kind: String,
     pub table: String,
-    /// The new row (the old row for deletes), or PEARL's message data; filters look into it.
+    /// The message's `data`: the row, or PEARL's shape of the change.
     pub data: Value,
+    /// The change's (new, old) rows, shared by its events: filters and scopes judge by them.
+    pub rows: Arc<(Option<Value>, Option<Value>)>,
     /// Which endpoints send it.
     pub audience: Audience,
     /// The first event of its transaction.
@@ -32,6 +36,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// The row filters look into: the new row, or the old one for deletes.
+    pub fn row(&self) -> Option<&Value> {
+        self.rows.0.as_ref().or(self.rows.1.as_ref())
+    }
+
+    /// Whether `scope` may see this event.
+    pub fn in_scope(&self, scope: &crate::auth::Scope) -> bool {
+        scope.allows_change(&self.table, self.rows.0.as_ref(), self.rows.1.as_ref())
+    }
+
     /// The frame in the `{"event": …}` envelope, encoded once per event.
     pub fn enveloped(&self) -> Utf8Bytes {
         self.envelope_frame
@@ -116,6 +130,7 @@ impl Encoder<'_> {
             derived: false,
         };
         let count = 1 + outcome.messages.len();
+        let rows = Arc::new((change.new.take(), change.old.take()));
         let mut events = Vec::with_capacity(count);
         for (n, message) in std::iter::once(own).chain(outcome.messages).enumerate() {
             let kind = if n == 0 { own_kind.as_str() } else { message.kind };
@@ -139,6 +154,7 @@ impl Encoder<'_> {
                 kind: kind.to_string(),
                 table: change.table.clone(),
                 data: message.data,
+                rows: rows.clone(),
                 audience: message.audience,
                 opens_tx: n == 0 && change.tx_index == 0,
                 closes_tx: n + 1 == count && change.is_last_of_tx(),

@@ -86,7 +86,7 @@ impl Filter {
         match &self.where_ {
             None => true,
             Some(conditions) => conditions.iter().all(|(field, wanted)| {
-                let Some(value) = event.data.get(field) else {
+                let Some(value) = event.row().and_then(|row| row.get(field)) else {
                     return false;
                 };
                 match wanted {

@@ -9,6 +9,7 @@ use sqlx::{PgExecutor, PgPool, Row};
 
 use super::change::{Change, Op};
 use super::timestamps;
+use crate::auth::Scope;
 
 /// A position in the log: after transaction `seq`, or inside it after event `id`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,11 +109,11 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
         .await
 }
 
-/// The rows of a tracked table (named as in events) as one JSON array, without
-/// its excluded columns and with UTC timestamps, and the watermark seq they
-/// reflect: every transaction with seq ≤ watermark is in the rows, none after
-/// it. `None` when `table` is not tracked.
-pub async fn snapshot(pool: &PgPool, table: &str) -> sqlx::Result<Option<(i64, String)>> {
+/// The rows of a tracked table (named as in events) that `scope` may see, as
+/// one JSON array, without its excluded columns and with UTC timestamps, and
+/// the watermark seq they reflect: every transaction with seq ≤ watermark is
+/// in the rows, none after it. `None` when `table` is not tracked.
+pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result<Option<(i64, String)>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -127,6 +128,7 @@ pub async fn snapshot(pool: &PgPool, table: &str) -> sqlx::Result<Option<(i64, S
     };
     let mut rows: Value = serde_json::from_str(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if let Value::Array(rows) = &mut rows {
+        rows.retain(|row| scope.allows_row(row));
         rows.iter_mut().for_each(timestamps::normalize_row);
     }
     Ok(Some((watermark, rows.to_string())))

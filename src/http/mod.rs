@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, the shared state, and the error type clients see.
 
+pub mod access;
 pub mod rest;
 pub mod session;
 pub mod write;
@@ -33,6 +34,14 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Whether the REST write routes are on (`--enable-writes`).
     pub enable_writes: bool,
+    /// Messages per second a connection may send (bursts of twice that).
+    pub max_message_rate: u32,
+    /// Most tables, types and `where` values in one subscription.
+    pub max_subscriptions: usize,
+    /// How long a connection without a token has to send `auth`.
+    pub auth_timeout: Duration,
+    /// Origins browsers may connect from; empty: any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Limits {
@@ -43,6 +52,10 @@ impl Default for Limits {
             max_connections: defaults::MAX_CONNECTIONS,
             write_timeout: defaults::duration(defaults::CLIENT_WRITE_TIMEOUT),
             enable_writes: false,
+            max_message_rate: defaults::MAX_MESSAGE_RATE,
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
+            auth_timeout: defaults::duration(defaults::AUTH_TIMEOUT),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -54,6 +67,10 @@ pub struct AppState {
     pub pool: PgPool,
     /// Live events, encoded once.
     pub hub: Hub,
+    /// Checks tokens; `None` when authentication is off (loopback only, or `--insecure`).
+    pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// One permit per open WebSocket: the connection cap, held by the socket's task.
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// PEARL's running state (the listener's), copied by a session that replays the log.
     pub pearl: Arc<std::sync::Mutex<crate::feed::pearl::State>>,
     /// Counters for `/metrics`.
@@ -87,6 +104,10 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/{table}/{id}/",
             put(write::update).patch(write::update).delete(write::remove),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check_origin,
+        ))
         .with_state(state)
 }
 
@@ -100,6 +121,10 @@ pub enum ApiError {
     #[error("writes are disabled on this server (start it with --enable-writes)")]
     WritesDisabled,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -108,6 +133,8 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::WritesDisabled => (StatusCode::METHOD_NOT_ALLOWED, "writes_disabled"),

@@ -6,8 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::access::Access;
 use super::{ApiError, AppState};
 use crate::feed::log;
+use crate::metrics::Metrics;
 use crate::protocol::{Envelope, ServerMessage};
 use serde_json::value::RawValue;
 
@@ -34,9 +36,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `GET /api/v1/<table>`: `{"type", "table", "seq", "rows"}`; the rows reflect exactly
 /// the transactions up to `seq`, so a client can follow on with `resume {after: seq}`.
-pub async fn table_snapshot(State(state): State<AppState>, Path(table): Path<String>) -> Result<Response, ApiError> {
+pub async fn table_snapshot(
+    State(state): State<AppState>,
+    access: Access,
+    Path(table): Path<String>,
+) -> Result<Response, ApiError> {
+    let scope = access.require(&state)?;
     let table = table.trim_end_matches('/');
-    let Some((watermark, rows)) = log::snapshot(&state.pool, table).await? else {
+    if !scope.allows_table(table) {
+        Metrics::inc(&state.metrics.forbidden);
+        return Err(ApiError::Forbidden(format!(
+            "table `{table}` is outside this token's scope"
+        )));
+    }
+    let Some((watermark, rows)) = log::snapshot(&state.pool, table, &scope).await? else {
         return Err(ApiError::NotFound(format!("table `{table}` is not tracked")));
     };
     let rows = RawValue::from_string(rows).expect("the log returns JSON");

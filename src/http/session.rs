@@ -20,7 +20,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
+use super::access::{self, Access};
 use super::AppState;
+use crate::auth::Scope;
 use crate::feed::event::{Encoder, Event};
 use crate::feed::hub::Filter;
 use crate::feed::log::{self, Cursor};
@@ -45,22 +47,25 @@ pub struct ConnectQuery {
     after: Option<i64>,
     /// `event`: the `{"event", "data", "timestamp"}` envelope both ways.
     envelope: Option<String>,
-    /// A token (answered "not enabled" until authentication lands). Never logged.
-    token: Option<String>,
+    /// Shadower's workspace: narrows the token's scope to `workspace_id` in these values.
+    workspace_id: Option<String>,
 }
 
 /// How a connection was opened.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Opening {
     protocol: Protocol,
     envelope: Envelope,
     after: Option<i64>,
-    token_given: bool,
+    access: Access,
+    /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
+    workspace: Option<Vec<serde_json::Value>>,
 }
 
 pub async fn general(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     let envelope = match query.envelope.as_deref() {
@@ -75,7 +80,8 @@ pub async fn general(
             protocol: Protocol::General,
             envelope,
             after: query.after,
-            token_given: query.token.is_some(),
+            access,
+            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
         },
     )
 }
@@ -84,6 +90,7 @@ pub async fn general(
 pub async fn updates(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     upgrade(
@@ -93,12 +100,18 @@ pub async fn updates(
             protocol: Protocol::General,
             envelope: Envelope::Event,
             after: query.after,
-            token_given: query.token.is_some(),
+            access,
+            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
         },
     )
 }
 
-pub async fn pearl(ws: WebSocketUpgrade, State(state): State<AppState>, Query(query): Query<ConnectQuery>) -> Response {
+pub async fn pearl(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    access: Access,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
     upgrade(
         ws,
         state,
@@ -106,23 +119,26 @@ pub async fn pearl(ws: WebSocketUpgrade, State(state): State<AppState>, Query(qu
             protocol: Protocol::Pearl,
             envelope: Envelope::Type,
             after: None,
-            token_given: query.token.is_some(),
+            access,
+            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
         },
     )
 }
 
 fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response {
-    let open = state.metrics.ws_connections.load(Ordering::Relaxed);
-    if open >= state.limits.max_connections as i64 {
+    // The permit lives as long as the socket's task: the cap can never be exceeded.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        Metrics::inc(&state.metrics.connections_refused);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
-    }
+    };
     let max = state.limits.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket: WebSocket| {
             let sockets = state.sockets.clone();
             sockets.track_future(async move {
-                let session = Session::new(state, opening.protocol, opening.envelope);
+                let _permit = permit;
+                let session = Session::new(state, &opening);
                 session.run(socket, opening).await;
             })
         })
@@ -135,10 +151,61 @@ enum End {
     Gone,
     /// The client left a message unread past the write timeout.
     Stuck,
+    /// Closed with this code and reason (a token refused or expired, a flood).
+    Closed(u16, &'static str),
+}
+
+/// A token bucket: `rate` messages per second, bursts of twice that.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    /// Messages refused in a row: a sustained flood closes the connection.
+    refused: u32,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            rate,
+            tokens: rate * 2.0,
+            at: Instant::now(),
+            refused: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Refused this many times in a row (five seconds' worth): the client is not slowing down.
+    fn flooding(&self) -> bool {
+        f64::from(self.refused) > self.rate * 5.0
+    }
 }
 
 pub struct Session {
     state: AppState,
+    /// What the token allows; `None` until a connection without one authenticates.
+    scope: Option<Scope>,
+    /// When the token expires (the socket closes with 4401 unless a fresh `auth` arrives).
+    expires: Option<tokio::time::Instant>,
+    /// The client's message rate.
+    bucket: Bucket,
+    /// `?workspace_id=`: narrows every token this connection presents.
+    workspace: Option<Vec<serde_json::Value>>,
     protocol: Protocol,
     /// How this client's messages are wrapped, both ways.
     envelope: Envelope,
@@ -159,7 +226,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(state: AppState, protocol: Protocol, envelope: Envelope) -> Session {
+    fn new(state: AppState, opening: &Opening) -> Session {
+        let (protocol, envelope, access) = (opening.protocol, opening.envelope, &opening.access);
         // Subscribe before reading the head, so nothing after the head is missed.
         let rx = state.hub.subscribe();
         let last_seq = state.hub.head();
@@ -170,7 +238,16 @@ impl Session {
                 ..Filter::default()
             }),
         };
+        let expires = match access {
+            Access::Granted(grant) => expiry(grant),
+            _ => None,
+        };
+        let bucket = Bucket::new(state.limits.max_message_rate);
         Session {
+            scope: access.scope(),
+            expires,
+            bucket,
+            workspace: opening.workspace.clone(),
             state,
             protocol,
             envelope,
@@ -195,12 +272,19 @@ impl Session {
         Metrics::inc(&metrics.ws_connections_total);
         tracing::debug!(connection = %self.id, protocol = ?self.protocol, "connected");
         let end = self.serve(&mut socket, opening).await;
-        if let Err(End::Stuck) = end {
-            Metrics::inc(&metrics.clients_closed_slow);
-            tracing::info!(connection = %self.id, "closing a client that stopped reading");
+        let closing = match end {
+            Err(End::Stuck) => {
+                Metrics::inc(&metrics.clients_closed_slow);
+                tracing::info!(connection = %self.id, "closing a client that stopped reading");
+                Some((close::POLICY, "not reading"))
+            }
+            Err(End::Closed(code, reason)) => Some((code, reason)),
+            _ => None,
+        };
+        if let Some((code, reason)) = closing {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_millis(100),
-                socket.send(close_frame(close::POLICY, "not reading")),
+                socket.send(close_frame(code, reason)),
             )
             .await;
         }
@@ -213,6 +297,9 @@ impl Session {
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: std::fmt::Display,
     {
+        if self.scope.is_none() {
+            self.authenticate_first(socket).await?;
+        }
         match self.protocol {
             Protocol::General => {
                 let hello = ServerMessage::Connected {
@@ -220,30 +307,28 @@ impl Session {
                     seq: self.last_seq,
                 };
                 self.reply(socket, &hello).await?;
-                if opening.token_given {
-                    self.auth_not_enabled(socket).await?;
-                }
                 if let Some(after) = opening.after {
                     self.resume(socket, after).await?;
                 }
             }
-            Protocol::Pearl => {
-                self.studies_update(socket).await?;
-                if opening.token_given {
-                    self.auth_not_enabled(socket).await?;
-                }
-            }
+            Protocol::Pearl => self.studies_update(socket).await?,
         }
         let heartbeat = self.state.limits.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
         let shutdown = self.state.shutdown.clone();
         loop {
+            let expires = self.expires;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     let _ = self.send(socket, close_frame(close::SHUTDOWN, "server shutdown")).await;
                     return Ok(());
+                }
+                _ = until(expires) => {
+                    Metrics::inc(&self.state.metrics.auth_refusals);
+                    self.error(socket, "token_expired", "the token has expired; send a fresh one with auth before exp").await?;
+                    return Err(End::Closed(close::UNAUTHORIZED, "token expired"));
                 }
                 incoming = socket.next() => {
                     last_heard = Instant::now();
@@ -257,6 +342,7 @@ impl Session {
                             }
                             return Ok(());
                         }
+                        Some(Ok(Message::Text(_) | Message::Binary(_))) if !self.bucket.take() => self.rate_limited(socket).await?,
                         Some(Ok(Message::Text(message))) => self.on_message(socket, &message).await?,
                         Some(Ok(Message::Binary(_))) => {
                             self.error(socket, "bad_request", "binary frames are not supported; send JSON text").await?
@@ -296,7 +382,7 @@ impl Session {
         };
         match (self.protocol, action) {
             (_, Action::Ping) => self.reply(socket, &ServerMessage::Pong).await,
-            (_, Action::Auth { .. }) => self.auth_not_enabled(socket).await,
+            (_, Action::Auth { token }) => self.reauthenticate(socket, &token).await,
             (Protocol::Pearl, Action::Refresh) => self.studies_update(socket).await,
             (Protocol::Pearl, _) => {
                 self.error(
@@ -307,6 +393,28 @@ impl Session {
                 .await
             }
             (Protocol::General, Action::Subscribe(subscription)) => {
+                let size = subscription.tables.as_ref().map_or(0, |t| t.len())
+                    + subscription.types.as_ref().map_or(0, |t| t.len())
+                    + subscription
+                        .where_
+                        .as_ref()
+                        .map_or(0, |w| w.values().map(|v| v.as_array().map_or(1, |a| a.len())).sum());
+                if size > self.state.limits.max_subscriptions {
+                    let message = format!(
+                        "this subscription names {size} tables, types and values; the most is {}",
+                        self.state.limits.max_subscriptions
+                    );
+                    return self.error(socket, "bad_request", &message).await;
+                }
+                let scope = self.scope.as_ref().expect("authenticated before any action");
+                if let Some(table) = subscription.tables.iter().flatten().find(|t| !scope.allows_table(t)) {
+                    Metrics::inc(&self.state.metrics.forbidden);
+                    let message = format!(
+                        "table `{}` is outside this token's scope",
+                        table.chars().take(64).collect::<String>()
+                    );
+                    return self.error(socket, "forbidden", &message).await;
+                }
                 let filter = Filter::from(subscription);
                 let reply = ServerMessage::Subscribed {
                     seq: self.last_seq,
@@ -339,13 +447,106 @@ impl Session {
         }
     }
 
-    /// `auth` and `?token=` are read and answered until authentication lands; the socket stays open.
-    async fn auth_not_enabled<S>(&mut self, socket: &mut S) -> Result<(), End>
+    /// A connection that came without a token: nothing but `auth` is served
+    /// until a valid token arrives, within the auth deadline.
+    async fn authenticate_first<S, E>(&mut self, socket: &mut S) -> Result<(), End>
+    where
+        S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + self.state.limits.auth_timeout;
+        loop {
+            let incoming = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    Metrics::inc(&self.state.metrics.auth_refusals);
+                    self.error(socket, "unauthorized", "no token arrived in time: send {\"action\":\"auth\",\"token\":…} first").await?;
+                    return Err(End::Closed(close::UNAUTHORIZED, "authentication timed out"));
+                }
+                _ = self.state.shutdown.cancelled() => return Err(End::Closed(close::SHUTDOWN, "server shutdown")),
+                incoming = socket.next() => incoming,
+            };
+            let text = match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(_)) => continue,
+            };
+            if !self.bucket.take() {
+                self.rate_limited(socket).await?;
+                continue;
+            }
+            match Action::parse(&text) {
+                Ok(Action::Auth { token }) => return self.reauthenticate(socket, &token).await,
+                Ok(_) => {
+                    self.error(
+                        socket,
+                        "unauthorized",
+                        "authenticate first: send {\"action\":\"auth\",\"token\":…}",
+                    )
+                    .await?
+                }
+                Err(err) => self.error(socket, "bad_request", &err).await?,
+            }
+        }
+    }
+
+    /// `auth {token}`: a valid token replaces the scope and the expiry (a fresh
+    /// token before `exp` keeps the socket open); a bad one closes it with 4401.
+    async fn reauthenticate<S>(&mut self, socket: &mut S, token: &str) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
     {
-        self.error(socket, "not_enabled", "authentication is not enabled on this server")
-            .await
+        let Some(verifier) = self.state.auth.clone() else {
+            return self
+                .error(socket, "not_enabled", "authentication is not enabled on this server")
+                .await;
+        };
+        match verifier.verify(token) {
+            Ok(mut grant) => {
+                if let Some(ids) = self.workspace.clone() {
+                    grant.scope.narrow("workspace_id", ids);
+                }
+                self.expires = expiry(&grant);
+                self.scope = Some(grant.scope);
+                self.reply(
+                    socket,
+                    &ServerMessage::AuthOk {
+                        expires_at: grant.expires_at,
+                    },
+                )
+                .await
+            }
+            Err(refusal) => {
+                Metrics::inc(&self.state.metrics.auth_refusals);
+                self.error(socket, "unauthorized", &refusal.0).await?;
+                Err(End::Closed(close::UNAUTHORIZED, "token refused"))
+            }
+        }
+    }
+
+    /// Over the message rate: refused with an error; a sustained flood closes the socket.
+    async fn rate_limited<S>(&mut self, socket: &mut S) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        Metrics::inc(&self.state.metrics.rate_limited);
+        if self.bucket.flooding() {
+            tracing::info!(connection = %self.id, "closing a client that floods messages");
+            return Err(End::Closed(close::POLICY, "message rate exceeded"));
+        }
+        if self.bucket.refused == 1 {
+            let message = format!(
+                "more than {} messages per second; messages are dropped until the rate falls",
+                self.state.limits.max_message_rate
+            );
+            self.reply(
+                socket,
+                &ServerMessage::Error {
+                    code: "rate_limited",
+                    message: &message,
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// An event from the hub: sent when wanted, exactly once, whole transactions in order.
@@ -382,6 +583,7 @@ impl Session {
         };
         (event.audience == Audience::All || event.audience == audience)
             && self.filter.as_ref().is_some_and(|f| f.matches(event))
+            && self.scope.as_ref().is_some_and(|scope| event.in_scope(scope))
             && self
                 .watermarks
                 .get(&event.table)
@@ -491,7 +693,16 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        match log::snapshot(&self.state.pool, table).await {
+        let scope = self.scope.clone().expect("authenticated before any action");
+        if !scope.allows_table(table) {
+            Metrics::inc(&self.state.metrics.forbidden);
+            let message = format!(
+                "table `{}` is outside this token's scope",
+                table.chars().take(64).collect::<String>()
+            );
+            return self.error(socket, "forbidden", &message).await;
+        }
+        match log::snapshot(&self.state.pool, table, &scope).await {
             Ok(Some((watermark, rows))) => {
                 let rows = RawValue::from_string(rows).expect("the log returns JSON");
                 let message = ServerMessage::Snapshot {
@@ -520,7 +731,16 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        match log::snapshot(&self.state.pool, "studies").await {
+        // Outside the scope, PEARL's client still gets its first message: no studies.
+        let scope = self.scope.clone().expect("authenticated before any message");
+        let studies = if scope.allows_table("studies") {
+            log::snapshot(&self.state.pool, "studies", &scope).await
+        } else {
+            log::head(&self.state.pool)
+                .await
+                .map(|head| Some((head, "[]".to_string())))
+        };
+        match studies {
             Ok(Some((watermark, rows))) => {
                 let rows = RawValue::from_string(rows).expect("the log returns JSON");
                 let message = ServerMessage::StudiesUpdate {
@@ -621,4 +841,17 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
+}
+
+/// When a grant's token expires, as a timer deadline (`None`: never).
+fn expiry(grant: &crate::auth::Grant) -> Option<tokio::time::Instant> {
+    (grant.expires_at != u64::MAX).then(|| tokio::time::Instant::now() + grant.remaining())
+}
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

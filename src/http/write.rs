@@ -12,10 +12,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::access::Access;
 use super::{ApiError, AppState};
+use crate::auth::Scope;
+use crate::metrics::Metrics;
 
-/// A tracked table as writes see it.
+/// A tracked table as writes see it, and what the token may write there.
 struct Target {
+    scope: Scope,
     /// The relation, as its regclass prints: safe to splice into SQL.
     relation: String,
     /// Columns that may be written (excluded columns may not).
@@ -24,11 +28,24 @@ struct Target {
     exclude: Vec<String>,
 }
 
-async fn target(state: &AppState, table: &str) -> Result<Target, ApiError> {
+async fn target(state: &AppState, access: &Access, table: &str) -> Result<Target, ApiError> {
     if !state.limits.enable_writes {
         return Err(ApiError::WritesDisabled);
     }
+    let scope = access.require(state)?;
     let table = table.trim_end_matches('/');
+    if !scope.write {
+        Metrics::inc(&state.metrics.forbidden);
+        return Err(ApiError::Forbidden(
+            "this token may not write (its pgfeed claim has no \"write\": true)".into(),
+        ));
+    }
+    if !scope.allows_table(table) {
+        Metrics::inc(&state.metrics.forbidden);
+        return Err(ApiError::Forbidden(format!(
+            "table `{table}` is outside this token's scope"
+        )));
+    }
     let found: Option<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
         "SELECT t.table_name::regclass::text, t.exclude,
                 ARRAY(SELECT a.attname::text FROM pg_attribute a
@@ -44,6 +61,7 @@ async fn target(state: &AppState, table: &str) -> Result<Target, ApiError> {
         return Err(ApiError::NotFound(format!("table `{table}` is not tracked")));
     };
     Ok(Target {
+        scope,
         relation,
         columns,
         exclude,
@@ -75,7 +93,9 @@ fn column_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
         .join(", ")
 }
 
-/// Runs a statement whose result is the written row as JSON text.
+/// Runs a statement whose result is the written row as JSON text, in a
+/// transaction that also checks the row is in the token's scope before the
+/// write (for an `id`) and after it: otherwise nothing is written.
 async fn run(
     state: &AppState,
     sql: &str,
@@ -83,18 +103,48 @@ async fn run(
     target: &Target,
     id: Option<&str>,
 ) -> Result<Option<Value>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(id) = id {
+        let current: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(t)::text FROM {rel} t WHERE {matches} FOR UPDATE",
+            rel = target.relation,
+            matches = by_id(&target.relation)
+        ))
+        .bind(Value::Null)
+        .bind(&target.exclude)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from_write)?;
+        let in_scope = current
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .is_some_and(|row| target.scope.allows_row(&row));
+        if !in_scope {
+            // Out of scope looks exactly like absent: no existence is revealed.
+            return Ok(None);
+        }
+    }
     let row: Option<String> = sqlx::query_scalar(sql)
         .bind(Value::Object(fields))
         .bind(&target.exclude)
         .bind(id)
-        .fetch_optional(&state.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(ApiError::from_write)?;
-    Ok(row.map(|text| {
-        let mut row: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        crate::feed::timestamps::normalize_row(&mut row);
-        row
-    }))
+    let Some(text) = row else {
+        return Ok(None);
+    };
+    let mut row: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !target.scope.allows_row(&row) {
+        tx.rollback().await?;
+        Metrics::inc(&state.metrics.forbidden);
+        return Err(ApiError::Forbidden(
+            "the written row would be outside this token's scope".into(),
+        ));
+    }
+    tx.commit().await?;
+    crate::feed::timestamps::normalize_row(&mut row);
+    Ok(Some(row))
 }
 
 /// The row whose `id` is `$3` (converted to the id column's type by Postgres).
@@ -105,10 +155,11 @@ fn by_id(relation: &str) -> String {
 /// `POST /api/v1/<table>`: 201 and the row as stored.
 pub async fn create(
     State(state): State<AppState>,
+    access: Access,
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &table).await?;
+    let target = target(&state, &access, &table).await?;
     let fields = fields(&target, &body)?;
     let columns = column_list(fields.keys());
     let sql = if fields.is_empty() {
@@ -130,10 +181,11 @@ pub async fn create(
 /// `PUT`/`PATCH /api/v1/<table>/<id>`: 200 and the row as stored; the body's columns change.
 pub async fn update(
     State(state): State<AppState>,
+    access: Access,
     Path((table, id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &table).await?;
+    let target = target(&state, &access, &table).await?;
     let id = id.trim_end_matches('/');
     let mut fields = fields(&target, &body)?;
     if fields
@@ -167,9 +219,10 @@ pub async fn update(
 /// `DELETE /api/v1/<table>/<id>`: 200 and the row as it was.
 pub async fn remove(
     State(state): State<AppState>,
+    access: Access,
     Path((table, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &table).await?;
+    let target = target(&state, &access, &table).await?;
     let id = id.trim_end_matches('/');
     let sql = format!(
         "WITH r AS (DELETE FROM {rel} t WHERE {matches} RETURNING t.*)
