@@ -155,14 +155,15 @@ enum End {
     Closed(u16, &'static str),
 }
 
-/// A token bucket: `rate` messages per second, bursts of twice that.
+/// A token bucket: `rate` messages per second, bursts of twice that. Refused
+/// messages pile up as violations that drain at the same rate, so a client a
+/// little over its rate is only throttled, and a flood is recognised quickly.
 #[derive(Debug)]
 struct Bucket {
     rate: f64,
     tokens: f64,
+    violations: f64,
     at: Instant,
-    /// Messages refused in a row: a sustained flood closes the connection.
-    refused: u32,
 }
 
 impl Bucket {
@@ -171,28 +172,34 @@ impl Bucket {
         Bucket {
             rate,
             tokens: rate * 2.0,
+            violations: 0.0,
             at: Instant::now(),
-            refused: 0,
         }
     }
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate * 2.0);
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
         self.at = now;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.violations = (self.violations - refill).max(0.0);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.refused = 0;
             true
         } else {
-            self.refused += 1;
+            self.violations += 1.0;
             false
         }
     }
 
-    /// Refused this many times in a row (five seconds' worth): the client is not slowing down.
+    /// The first refusal of an episode (the client is told once, not per message).
+    fn first_refusal(&self) -> bool {
+        self.violations <= 1.0
+    }
+
+    /// Five seconds' worth of messages over the rate: the client is not slowing down.
     fn flooding(&self) -> bool {
-        f64::from(self.refused) > self.rate * 5.0
+        self.violations > self.rate * 5.0
     }
 }
 
@@ -532,7 +539,7 @@ impl Session {
             tracing::info!(connection = %self.id, "closing a client that floods messages");
             return Err(End::Closed(close::POLICY, "message rate exceeded"));
         }
-        if self.bucket.refused == 1 {
+        if self.bucket.first_refusal() {
             let message = format!(
                 "more than {} messages per second; messages are dropped until the rate falls",
                 self.state.limits.max_message_rate

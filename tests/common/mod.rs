@@ -253,6 +253,27 @@ impl Client {
         Client { socket }
     }
 
+    /// A client of `path` sending `headers` with the upgrade request; a refused
+    /// upgrade gives (HTTP status, body).
+    pub async fn try_connect(running: &Running, path: &str, headers: &[(&str, &str)]) -> Result<Client, (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}{path}", running.addr).into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Client { socket }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).to_string());
+                Err((response.status().as_u16(), body.unwrap_or_default()))
+            }
+            Err(other) => panic!("websocket connect: {other}"),
+        }
+    }
+
     pub async fn send(&mut self, message: Value) {
         self.socket
             .send(Message::Text(message.to_string().into()))
@@ -396,11 +417,23 @@ pub async fn http_get(running: &Running, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 request with an optional JSON body: (status, body).
 pub async fn http(running: &Running, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_with(running, method, path, body, &[]).await
+}
+
+/// The same with extra headers.
+pub async fn http_with(
+    running: &Running,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
