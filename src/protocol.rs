@@ -104,6 +104,21 @@ pub enum Action {
     },
 }
 
+/// The longest reason an error message gives.
+const MAX_REASON: usize = 300;
+
+/// What a JSON value is, for an error message that must not echo it.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Fields the seeds' clients send alongside their verb that mean nothing here.
 const IGNORED: [&str; 4] = ["id", "request_id", "client_id", "timestamp"];
 
@@ -112,6 +127,21 @@ impl Action {
     /// arguments are the other fields, or the fields of `data` (the envelope).
     /// Unknown verbs and fields are refused with a message saying which.
     pub fn parse(text: &str) -> Result<Action, String> {
+        Action::parse_unbounded(text).map_err(|mut reason| {
+            // An answer never grows with the input: at most a few hundred characters.
+            if reason.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push('…');
+            }
+            reason
+        })
+    }
+
+    fn parse_unbounded(text: &str) -> Result<Action, String> {
         let value: Value = serde_json::from_str(text).map_err(|e| format!("cannot read that message as JSON: {e}"))?;
         let Value::Object(mut fields) = value else {
             return Err("cannot read that message: send a JSON object like {\"action\":\"ping\"}".into());
@@ -121,7 +151,7 @@ impl Action {
             .find_map(|name| fields.remove(*name))
             .ok_or("the message names no action: add \"action\" (or \"type\")")?;
         let Value::String(verb) = verb else {
-            return Err(format!("the action must be a string, not {verb}"));
+            return Err(format!("the action must be a string, not {}", kind_of(&verb)));
         };
         if let Some(data) = fields.remove("data") {
             match data {
@@ -131,7 +161,7 @@ impl Action {
                     }
                 }
                 Value::Null => {}
-                other => return Err(format!("`data` must be an object, not {other}")),
+                other => return Err(format!("`data` must be an object, not {}", kind_of(&other))),
             }
         }
         for name in IGNORED {

@@ -320,7 +320,12 @@ async fn two_tenants_never_see_each_others_rows_on_any_path() {
     ws.send(json!({"action": "snapshot", "table": "database_releases"}))
         .await;
     let snapshot = ws.next_of("snapshot").await;
-    let rows: Vec<Value> = snapshot["rows"].as_array().unwrap().iter().map(|r| json!({"data": r})).collect();
+    let rows: Vec<Value> = snapshot["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!({"data": r}))
+        .collect();
     assert_eq!(all_tenant_a(&rows), a_rows);
     let (status, body) = http_with(&server, "GET", "/api/v1/database_releases", None, &headers).await;
     assert_eq!(status, 200);
@@ -560,4 +565,70 @@ async fn fifty_simultaneous_connects_against_a_cap_of_ten_admit_exactly_ten() {
     let mut again = Client::try_connect(&server, "/ws", &[]).await.unwrap();
     again.next_of("connected").await;
     server.stop().await.unwrap();
+}
+
+/// Runs openssl (installed by .ci/run) in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+#[tokio::test]
+async fn public_keys_verify_rs256_and_es256_tokens() {
+    let dir = common::scratch_dir("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.pem"],
+    );
+    openssl(
+        &dir,
+        &["pkcs8", "-topk8", "-nocrypt", "-in", "ec.pem", "-out", "ec8.pem"],
+    );
+    openssl(&dir, &["ec", "-in", "ec.pem", "-pubout", "-out", "ec.pub"]);
+    openssl(&dir, &["genrsa", "-out", "rsa.pem", "2048"]);
+    openssl(&dir, &["rsa", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub"]);
+    let db = TestDb::new().await;
+    for (public, private, algorithm, other) in [
+        ("ec.pub", "ec8.pem", Algorithm::ES256, "rsa.pem"),
+        ("rsa.pub", "rsa.pem", Algorithm::RS256, "ec8.pem"),
+    ] {
+        // The key by path once, and as PEM text once.
+        let path = dir.join(public).to_string_lossy().to_string();
+        let pem = std::fs::read_to_string(dir.join(public)).unwrap();
+        for key in [path, pem] {
+            let verifier = Verifier::from_config(None, Some(&key), None, None).unwrap().unwrap();
+            let server = db
+                .server_with(Settings {
+                    auth: Some(Arc::new(verifier)),
+                    ..Settings::default()
+                })
+                .await;
+            let private_pem = std::fs::read(dir.join(private)).unwrap();
+            let signing = match algorithm {
+                Algorithm::ES256 => EncodingKey::from_ec_pem(&private_pem).unwrap(),
+                _ => EncodingKey::from_rsa_pem(&private_pem).unwrap(),
+            };
+            let claims = json!({"exp": now() + 60});
+            let good = encode(&Header::new(algorithm), &claims, &signing).unwrap();
+            let mut client = Client::try_connect(&server, &format!("/ws?token={good}"), &[])
+                .await
+                .unwrap();
+            client.next_of("connected").await;
+            // A token signed with the other kind of key is refused.
+            let other_pem = std::fs::read(dir.join(other)).unwrap();
+            let (other_algorithm, other_key) = match algorithm {
+                Algorithm::ES256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(&other_pem).unwrap()),
+                _ => (Algorithm::ES256, EncodingKey::from_ec_pem(&other_pem).unwrap()),
+            };
+            let bad = encode(&Header::new(other_algorithm), &claims, &other_key).unwrap();
+            let refused = Client::try_connect(&server, &format!("/ws?token={bad}"), &[]).await;
+            assert_eq!(refused.err().map(|e| e.0), Some(401), "{algorithm:?}");
+            server.stop().await.unwrap();
+        }
+    }
 }
