@@ -217,6 +217,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PGFEED_AUTH_TIMEOUT", default_value = defaults::AUTH_TIMEOUT, value_parser = parse_duration)]
     pub auth_timeout: Duration,
 
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "PGFEED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PGFEED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Serve PEARL's REST writes (POST/PUT/PATCH/DELETE /api/v1/<table>) on tracked tables.
     /// The server's role then needs INSERT, UPDATE and DELETE on those tables.
     #[arg(long, env = "PGFEED_ENABLE_WRITES")]

@@ -34,8 +34,13 @@ async fn main() -> Result<()> {
                 println!("Write to it with: {}", cluster.psql_command(db::EMBEDDED_DATABASE));
             }
             let running = server::start(&database.url, settings).await?;
+            let (http, ws) = if args.tls_cert.is_some() {
+                ("https", "wss")
+            } else {
+                ("http", "ws")
+            };
             println!(
-                "pgfeed listening on http://{}  (WebSocket: ws://{}/ws)",
+                "pgfeed listening on {http}://{}  (WebSocket: {ws}://{}/ws)",
                 running.addr, running.addr
             );
             let token = running.shutdown_token();

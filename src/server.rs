@@ -30,6 +30,8 @@ pub struct Settings {
     pub auth: Option<Arc<crate::auth::Verifier>>,
     /// Serve without authentication on a non-loopback address.
     pub insecure: bool,
+    /// Serve HTTPS/WSS with this configuration (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for Settings {
@@ -43,6 +45,7 @@ impl Default for Settings {
             limits: Limits::default(),
             auth: None,
             insecure: false,
+            tls: None,
         }
     }
 }
@@ -90,6 +93,10 @@ impl TryFrom<&ServeArgs> for Settings {
             },
             auth: auth.map(Arc::new),
             insecure: args.insecure,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(http::tls::config(cert, key)?),
+                _ => None,
+            },
         })
     }
 }
@@ -178,11 +185,18 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let router = http::app(state.clone());
     let token = shutdown.clone();
     let sockets = state.sockets.clone();
+    let tls = settings.tls.clone();
     let task = tokio::spawn(async move {
-        axum::serve(tcp, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        match tls {
+            None => axum::serve(tcp, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("serving HTTP")?,
+            Some(tls) => axum::serve(http::tls::TlsListener::new(tcp, tls)?, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("serving HTTPS")?,
+        }
         // axum's graceful shutdown does not wait for upgraded sockets: they watch the
         // same token and send 1001; wait for them, then for the background tasks.
         sockets.close();
@@ -197,7 +211,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         pool.close().await;
         Ok(())
     });
-    tracing::info!(%addr, "pgfeed serving");
+    tracing::info!(%addr, tls = settings.tls.is_some(), "pgfeed serving");
     Ok(Running {
         addr,
         state,

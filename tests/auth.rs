@@ -632,3 +632,129 @@ async fn public_keys_verify_rs256_and_es256_tokens() {
         }
     }
 }
+
+#[tokio::test]
+async fn wss_works_with_a_certificate_and_key() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let dir = common::scratch_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pgfeed test CA",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+
+    let db = TestDb::new().await;
+    let tls = pgfeed::http::tls::config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let server = db
+        .server_with(Settings {
+            tls: Some(tls),
+            ..Settings::default()
+        })
+        .await;
+
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client_config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let (socket, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let (mut sink, mut stream) = futures_util::StreamExt::split(socket);
+    let first = futures_util::StreamExt::next(&mut stream).await.unwrap().unwrap();
+    let hello: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(hello["type"], "connected");
+    futures_util::SinkExt::send(
+        &mut sink,
+        tokio_tungstenite::tungstenite::Message::Text(r#"{"action":"subscribe"}"#.into()),
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('over wss')").await;
+    loop {
+        let message = futures_util::StreamExt::next(&mut stream).await.unwrap().unwrap();
+        let message: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        if message["type"] == "study_created" {
+            assert_eq!(message["data"]["study_label"], "over wss");
+            break;
+        }
+    }
+    // Plain text to the TLS port gets nowhere.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Ok(Ok(_))),
+        "a plain connection was served on the TLS port"
+    );
+    server.stop().await.unwrap();
+}

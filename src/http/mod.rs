@@ -3,6 +3,7 @@
 pub mod access;
 pub mod rest;
 pub mod session;
+pub mod tls;
 pub mod write;
 
 use std::sync::atomic::AtomicBool;
