@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (starts a private Postgres when DATABASE_URL is not set).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Install (or upgrade) schema pgfeed; idempotent. Touches no application table.
     Migrate(MigrateArgs),
     /// Track a table (its writes become events), or PEARL's tables with --preset pearl.

@@ -24,7 +24,7 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             // Refuse a bad configuration before starting anything.
-            let settings = server::Settings::try_from(&args)?;
+            let settings = server::Settings::try_from(args.as_ref())?;
             settings.check_exposure()?;
             let database = resolve(&args.database).await?;
             if let Some(cluster) = &database.cluster {
