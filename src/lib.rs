@@ -20,11 +20,14 @@
 //!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
 //!    also holds the `track --preset pearl` list) and encoded once.
 //! 6. [`feed::hub`]: one broadcast ring of shared events; filters per client.
-//! 7. [`http`]: the routes; [`http::session`] serves one WebSocket, falling back
-//!    to the log whenever it is behind.
+//! 7. [`http`]: the routes; [`http::access`] says who is asking (one extractor
+//!    for every route, with [`auth`]'s tokens and scopes), [`http::session`]
+//!    serves one WebSocket, falling back to the log whenever it is behind,
+//!    [`http::write`] PEARL's REST writes, [`http::tls`] optional HTTPS.
+//!    [`protocol`] is every message on the wire, both dialects.
 //!
-//! [`server`] wires these together; [`config`] is the command line; [`bench`]
-//! measures the figures of DESIGN §7.
+//! [`server`] wires these together; [`config`] is the command line (and the
+//! one set of defaults); [`bench`] measures the figures of DESIGN §7.
 
 pub mod auth;
 pub mod bench;
