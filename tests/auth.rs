@@ -572,6 +572,8 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     let status = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl is installed (.ci/run installs it)");
     assert!(status.success(), "openssl {args:?}");

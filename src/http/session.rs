@@ -289,11 +289,24 @@ impl Session {
             _ => None,
         };
         if let Some((code, reason)) = closing {
-            let _ = tokio::time::timeout(
+            let sent = tokio::time::timeout(
                 std::time::Duration::from_millis(100),
                 socket.send(close_frame(code, reason)),
             )
             .await;
+            if matches!(sent, Ok(Ok(()))) {
+                // The closing handshake: read what the client still sends until its
+                // Close. Dropping a socket with unread input would reset it, and
+                // the client could lose our close frame (and its code) with it.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    while let Some(Ok(message)) = socket.next().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
         }
         metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(connection = %self.id, "disconnected");
