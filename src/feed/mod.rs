@@ -7,4 +7,5 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod pearl;
+pub mod subscriber;
 pub mod timestamps;

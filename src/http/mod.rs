@@ -86,6 +86,18 @@ pub struct AppState {
     pub sockets: TaskTracker,
 }
 
+impl AppState {
+    /// What a subscriber's stream reads from.
+    pub fn sources(&self) -> crate::feed::subscriber::Sources {
+        crate::feed::subscriber::Sources {
+            hub: self.hub.clone(),
+            pool: self.pool.clone(),
+            pearl: self.pearl.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 /// The router, apart from serving, so tests can drive it directly.
 pub fn app(state: AppState) -> Router {
     Router::new()

@@ -1,14 +1,11 @@
-//! One WebSocket connection: the general protocol (`/ws`) and the PEARL one
-//! (`/api/v1/ws/studies`), over any `Stream`/`Sink` of messages.
+//! One WebSocket connection: the general protocol (`/ws`, `/ws/updates`) and
+//! the PEARL one (`/api/v1/ws/studies`), over any `Stream`/`Sink` of messages.
 //!
-//! A session delivers whole transactions in seq order. It follows the hub while
-//! it keeps up; when it falls behind the hub's ring, resumes, or joins in the
-//! middle of a transaction, it reads the log after the last transaction it
-//! delivered and then follows the hub again, dropping what it already sent.
+//! The session is the transport: authentication, the client's messages, rate,
+//! heartbeats, write timeouts, closing. What to send, in which order and
+//! exactly once is the subscriber's job (`feed::subscriber`), shared with SSE.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -18,19 +15,16 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
 
 use super::access::{self, Access};
 use super::AppState;
-use crate::auth::Scope;
-use crate::feed::event::{Encoder, Event};
+use crate::feed::event::Event;
 use crate::feed::hub::Filter;
-use crate::feed::log::{self, Cursor};
+use crate::feed::log;
 use crate::feed::pearl::{self, Audience};
+use crate::feed::subscriber::{Next, Subscriber};
 use crate::metrics::Metrics;
 use crate::protocol::{close, Action, Envelope, ServerMessage};
-
-const LOG_PAGE: i64 = 1000;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +199,6 @@ impl Bucket {
 
 pub struct Session {
     state: AppState,
-    /// What the token allows; `None` until a connection without one authenticates.
-    scope: Option<Scope>,
     /// When the token expires (the socket closes with 4401 unless a fresh `auth` arrives).
     expires: Option<tokio::time::Instant>,
     /// The client's message rate.
@@ -217,54 +209,37 @@ pub struct Session {
     /// How this client's messages are wrapped, both ways.
     envelope: Envelope,
     id: uuid::Uuid,
-    /// Our place in the hub's ring.
-    rx: broadcast::Receiver<Arc<Event>>,
-    /// What the client wants; `None` before `subscribe`.
-    filter: Option<Filter>,
-    /// The last transaction delivered whole.
-    last_seq: i64,
-    /// The transaction being delivered from the hub.
-    open_seq: Option<i64>,
-    /// How many of its events the session has handled (sent or filtered out).
-    open_seen: usize,
-    /// Per table, the watermark of the client's latest snapshot of it: events
-    /// at or below it are already in the snapshot.
-    watermarks: HashMap<String, i64>,
+    /// The ordered, exactly-once stream this socket carries (filter and scope live there).
+    sub: Subscriber,
 }
 
 impl Session {
     fn new(state: AppState, opening: &Opening) -> Session {
-        let (protocol, envelope, access) = (opening.protocol, opening.envelope, &opening.access);
-        // Subscribe before reading the head, so nothing after the head is missed.
-        let rx = state.hub.subscribe();
-        let last_seq = state.hub.head();
-        let filter = match protocol {
-            Protocol::General => None,
-            Protocol::Pearl => Some(Filter {
+        let audience = match opening.protocol {
+            Protocol::General => Audience::Native,
+            Protocol::Pearl => Audience::Pearl,
+        };
+        let mut sub = Subscriber::new(state.sources(), audience);
+        sub.scope = opening.access.scope();
+        if opening.protocol == Protocol::Pearl {
+            sub.filter = Some(Filter {
                 tables: Some(pearl::TABLES.iter().map(|t| t.to_string()).collect()),
                 ..Filter::default()
-            }),
-        };
-        let expires = match access {
+            });
+        }
+        let expires = match &opening.access {
             Access::Granted(grant) => expiry(grant),
             _ => None,
         };
-        let bucket = Bucket::new(state.limits.max_message_rate);
         Session {
-            scope: access.scope(),
             expires,
-            bucket,
+            bucket: Bucket::new(state.limits.max_message_rate),
             workspace: opening.workspace.clone(),
-            state,
-            protocol,
-            envelope,
+            protocol: opening.protocol,
+            envelope: opening.envelope,
             id: uuid::Uuid::new_v4(),
-            rx,
-            filter,
-            last_seq,
-            open_seq: None,
-            open_seen: 0,
-            watermarks: HashMap::new(),
+            sub,
+            state,
         }
     }
 
@@ -317,14 +292,14 @@ impl Session {
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: std::fmt::Display,
     {
-        if self.scope.is_none() {
+        if self.sub.scope.is_none() {
             self.authenticate_first(socket).await?;
         }
         match self.protocol {
             Protocol::General => {
                 let hello = ServerMessage::Connected {
                     connection_id: self.id,
-                    seq: self.last_seq,
+                    seq: self.sub.last_seq(),
                 };
                 self.reply(socket, &hello).await?;
                 if let Some(after) = opening.after {
@@ -370,16 +345,13 @@ impl Session {
                         Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
                     }
                 }
-                event = self.rx.recv() => match event {
-                    Ok(event) => {
-                        self.state.metrics.client_lag_max.fetch_max(self.rx.len() as i64 + 1, Ordering::Relaxed);
-                        self.on_event(socket, &event).await?;
-                        if self.rx.is_empty() {
-                            self.flush(socket).await?;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up(socket).await?,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                next = self.sub.next() => match next {
+                    // Events are queued; the socket is flushed when nothing more is waiting.
+                    Next::Event(event) => self.feed_event(socket, &event).await?,
+                    Next::Whole(_) => {}
+                    Next::Idle => self.flush(socket).await?,
+                    Next::LogUnavailable => self.log_unavailable(socket).await?,
+                    Next::Closed => return Ok(()),
                 },
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > heartbeat * 2 {
@@ -426,7 +398,7 @@ impl Session {
                     );
                     return self.error(socket, "bad_request", &message).await;
                 }
-                let scope = self.scope.as_ref().expect("authenticated before any action");
+                let scope = self.sub.scope.as_ref().expect("authenticated before any action");
                 if let Some(table) = subscription.tables.iter().flatten().find(|t| !scope.allows_table(t)) {
                     Metrics::inc(&self.state.metrics.forbidden);
                     let message = format!(
@@ -437,19 +409,19 @@ impl Session {
                 }
                 let filter = Filter::from(subscription);
                 let reply = ServerMessage::Subscribed {
-                    seq: self.last_seq,
+                    seq: self.sub.last_seq(),
                     tables: filter.tables.as_ref(),
                     types: filter.types.as_ref(),
                     where_: filter.where_.as_ref(),
                 };
                 self.reply(socket, &reply).await?;
-                self.filter = Some(filter);
+                self.sub.filter = Some(filter);
                 Ok(())
             }
             (Protocol::General, Action::Unsubscribe { types }) => {
-                match (&types, self.filter.as_mut()) {
+                match (&types, self.sub.filter.as_mut()) {
                     (Some(types), Some(filter)) => filter.drop_types(types),
-                    _ => self.filter = None,
+                    _ => self.sub.filter = None,
                 }
                 self.reply(socket, &ServerMessage::Unsubscribed { types: types.as_ref() })
                     .await
@@ -525,7 +497,7 @@ impl Session {
                     grant.scope.narrow("workspace_id", ids);
                 }
                 self.expires = expiry(&grant);
-                self.scope = Some(grant.scope);
+                self.sub.scope = Some(grant.scope);
                 self.reply(
                     socket,
                     &ServerMessage::AuthOk {
@@ -569,102 +541,6 @@ impl Session {
         Ok(())
     }
 
-    /// An event from the hub: sent when wanted, exactly once, whole transactions in order.
-    async fn on_event<S>(&mut self, socket: &mut S, event: &Arc<Event>) -> Result<(), End>
-    where
-        S: Sink<Message> + Unpin,
-    {
-        if event.seq <= self.last_seq {
-            return Ok(()); // already delivered, or before this session started
-        }
-        if self.open_seq != Some(event.seq) {
-            if !event.opens_tx {
-                // We joined in the middle of a transaction: take it whole from the log.
-                return self.catch_up(socket).await;
-            }
-            self.open_seq = Some(event.seq);
-            self.open_seen = 0;
-        }
-        if self.wants(event) {
-            self.feed_event(socket, event).await?;
-        }
-        self.open_seen += 1;
-        if event.closes_tx {
-            self.last_seq = event.seq;
-            self.open_seq = None;
-        }
-        Ok(())
-    }
-
-    fn wants(&self, event: &Event) -> bool {
-        let audience = match self.protocol {
-            Protocol::General => Audience::Native,
-            Protocol::Pearl => Audience::Pearl,
-        };
-        (event.audience == Audience::All || event.audience == audience)
-            && self.filter.as_ref().is_some_and(|f| f.matches(event))
-            && self.scope.as_ref().is_some_and(|scope| event.in_scope(scope))
-            && self
-                .watermarks
-                .get(&event.table)
-                .is_none_or(|watermark| event.seq > *watermark)
-    }
-
-    /// Sends every wanted event after `last_seq` from the log, then follows the hub again.
-    async fn catch_up<S>(&mut self, socket: &mut S) -> Result<(), End>
-    where
-        S: Sink<Message> + Unpin,
-    {
-        // A fresh place at the live end first: whatever the hub gets from now on
-        // is kept for us, and whatever it got before is in the log we read next.
-        self.rx = self.state.hub.subscribe();
-        // Part of a transaction may be out already: the log continues it, not repeats it.
-        let (partial_seq, mut partial_seen) = (self.open_seq.take(), std::mem::take(&mut self.open_seen));
-        if self.filter.is_none() {
-            self.last_seq = self.state.hub.head();
-            return Ok(());
-        }
-        Metrics::inc(&self.state.metrics.client_catch_ups);
-        // PEARL's state as of where the replay starts, so replayed events carry
-        // the same counts and names live ones did.
-        let mut pearl = self.state.pearl.lock().expect("pearl state lock").clone();
-        if let Err(err) = pearl.move_to(&self.state.pool, self.last_seq).await {
-            tracing::error!(connection = %self.id, error = %err, "reading the log for a client");
-            return self.log_unavailable(socket).await;
-        }
-        let mut cursor = Cursor::after(self.last_seq);
-        loop {
-            let (changes, next) = match log::read(&self.state.pool, cursor, LOG_PAGE).await {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::error!(connection = %self.id, error = %err, "reading the log for a client");
-                    return self.log_unavailable(socket).await;
-                }
-            };
-            if changes.is_empty() {
-                return self.flush(socket).await;
-            }
-            let mut encoder = Encoder {
-                metrics: &self.state.metrics,
-                pearl: &mut pearl,
-                count_untyped: false,
-            };
-            for change in changes {
-                for event in encoder.encode(change) {
-                    if Some(event.seq) == partial_seq && partial_seen > 0 {
-                        partial_seen -= 1;
-                    } else if self.wants(&event) {
-                        self.feed_event(socket, &event).await?;
-                    }
-                    if event.closes_tx {
-                        self.last_seq = event.seq;
-                    }
-                }
-            }
-            cursor = next;
-        }
-    }
-
     async fn resume<S>(&mut self, socket: &mut S, after: i64) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
@@ -700,20 +576,16 @@ impl Session {
                 )
                 .await;
         }
-        if self.filter.is_none() {
-            self.filter = Some(Filter::default());
-        }
-        self.watermarks.clear();
-        self.last_seq = after;
         self.reply(socket, &ServerMessage::Resumed { after, head }).await?;
-        self.catch_up(socket).await
+        self.sub.resume_after(after);
+        Ok(())
     }
 
     async fn snapshot<S>(&mut self, socket: &mut S, table: &str) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
     {
-        let scope = self.scope.clone().expect("authenticated before any action");
+        let scope = self.sub.scope.clone().expect("authenticated before any action");
         if !scope.allows_table(table) {
             Metrics::inc(&self.state.metrics.forbidden);
             let message = format!(
@@ -731,7 +603,7 @@ impl Session {
                     rows: &rows,
                 };
                 self.reply(socket, &message).await?;
-                self.watermarks.insert(table.to_string(), watermark);
+                self.sub.set_watermark(table, watermark);
                 Ok(())
             }
             Ok(None) => {
@@ -752,7 +624,7 @@ impl Session {
         S: Sink<Message> + Unpin,
     {
         // Outside the scope, PEARL's client still gets its first message: no studies.
-        let scope = self.scope.clone().expect("authenticated before any message");
+        let scope = self.sub.scope.clone().expect("authenticated before any message");
         let studies = if scope.allows_table("studies") {
             log::snapshot(&self.state.pool, "studies", &scope).await
         } else {
@@ -768,7 +640,7 @@ impl Session {
                     seq: watermark,
                 };
                 self.reply(socket, &message).await?;
-                self.watermarks.insert("studies".to_string(), watermark);
+                self.sub.set_watermark("studies", watermark);
                 Ok(())
             }
             Ok(None) => self.error(socket, "not_found", "table studies is not tracked").await,
@@ -794,7 +666,7 @@ impl Session {
     {
         let message = ServerMessage::RefreshNeeded {
             reason: "log_unavailable",
-            seq: self.last_seq,
+            seq: self.sub.last_seq(),
             oldest_seq: None,
         };
         self.reply(socket, &message).await

@@ -1,0 +1,419 @@
+//! One subscriber's stream: every event it wants, in commit order, whole
+//! transactions, exactly once, whatever the transport (WebSocket, SSE).
+//!
+//! It follows the hub while it keeps up. When it falls behind the hub's ring,
+//! resumes, or joins in the middle of a transaction, it reads the log after the
+//! last transaction it delivered (continuing a half-delivered one, never
+//! repeating it), then follows the hub again, dropping what it already has.
+//! Per table, a snapshot's watermark hides the events the snapshot already holds.
+//!
+//! [`Subscriber::next`] is cancel-safe: a transport may `select!` on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+
+use super::event::{Encoder, Event};
+use super::hub::{Filter, Hub};
+use super::log::{self, Cursor};
+use super::pearl::{self, Audience};
+use crate::auth::Scope;
+use crate::metrics::Metrics;
+
+/// Log rows read per page while replaying.
+const LOG_PAGE: i64 = 1000;
+
+/// What the subscriber hands its transport next.
+#[derive(Debug)]
+pub enum Next {
+    /// An event to send.
+    Event(Arc<Event>),
+    /// Transaction `seq` is now whole for this subscriber (something of it was
+    /// sent): a resume cursor may name it (SSE's `id:`).
+    Whole(i64),
+    /// Nothing more is waiting after what was handed out: a transport flushes now.
+    Idle,
+    /// The log could not be read to fill a gap: the client must re-snapshot.
+    LogUnavailable,
+    /// The hub is gone (shutdown).
+    Closed,
+}
+
+/// What the subscriber needs from the server.
+#[derive(Clone)]
+pub struct Sources {
+    pub hub: Hub,
+    /// Log reads for replays.
+    pub pool: PgPool,
+    /// The listener's PEARL state, copied at the start of a replay.
+    pub pearl: Arc<Mutex<pearl::State>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A replay from the log in progress.
+struct Replay {
+    cursor: Cursor,
+    /// PEARL's state moved to where the replay starts (made on the first page).
+    pearl: Option<pearl::State>,
+    /// (seq, n): the first n events of transaction seq were delivered already.
+    skip: Option<(i64, usize)>,
+}
+
+pub struct Subscriber {
+    sources: Sources,
+    /// Which kind of endpoint this is: row events (`Native`) or PEARL's messages.
+    audience: Audience,
+    /// Our place in the hub's ring.
+    rx: broadcast::Receiver<Arc<Event>>,
+    /// What the client asked for; `None`: nothing yet.
+    pub filter: Option<Filter>,
+    /// What the client may see; `None`: nothing (not authenticated yet).
+    pub scope: Option<Scope>,
+    /// The last transaction delivered whole.
+    last_seq: i64,
+    /// The transaction being delivered from the hub, and how many of its events
+    /// were handled (sent or filtered out).
+    open: Option<(i64, usize)>,
+    /// Whether any event of the open transaction was sent.
+    sent_in_open: bool,
+    /// Per table, the watermark of the client's latest snapshot of it.
+    watermarks: HashMap<String, i64>,
+    replay: Option<Replay>,
+    /// Decided, waiting for the transport (at most one log page).
+    ready: VecDeque<Next>,
+    /// Something was handed out since the last `Idle`.
+    busy: bool,
+}
+
+impl Subscriber {
+    /// A subscriber at the live end: it receives everything after the hub's head.
+    pub fn new(sources: Sources, audience: Audience) -> Subscriber {
+        // Subscribe before reading the head, so nothing after the head is missed.
+        let rx = sources.hub.subscribe();
+        let last_seq = sources.hub.head();
+        Subscriber {
+            sources,
+            audience,
+            rx,
+            filter: None,
+            scope: None,
+            last_seq,
+            open: None,
+            sent_in_open: false,
+            watermarks: HashMap::new(),
+            replay: None,
+            ready: VecDeque::new(),
+            busy: false,
+        }
+    }
+
+    /// The last transaction delivered whole.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// The client holds a snapshot of `table` as of `seq`: events at or below it are not sent.
+    pub fn set_watermark(&mut self, table: &str, seq: i64) {
+        self.watermarks.insert(table.to_string(), seq);
+    }
+
+    /// Replays everything after `after` from the log, then goes live (the
+    /// caller has checked `after` is within the log). Subscribes to
+    /// everything if nothing was asked yet.
+    pub fn resume_after(&mut self, after: i64) {
+        if self.filter.is_none() {
+            self.filter = Some(Filter::default());
+        }
+        self.watermarks.clear();
+        self.ready.clear();
+        self.last_seq = after;
+        self.open = None;
+        self.sent_in_open = false;
+        self.start_replay(None);
+    }
+
+    /// The next thing to hand the transport. Cancel-safe.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            if let Some(next) = self.ready.pop_front() {
+                self.busy = true;
+                return next;
+            }
+            if self.replay.is_some() {
+                if let Err(err) = self.replay_page().await {
+                    tracing::error!(error = %err, "reading the log for a client");
+                    self.replay = None;
+                    return Next::LogUnavailable;
+                }
+                continue;
+            }
+            if self.busy && self.rx.is_empty() {
+                self.busy = false;
+                return Next::Idle;
+            }
+            match self.rx.recv().await {
+                Ok(event) => {
+                    let waiting = self.rx.len() as i64 + 1;
+                    self.sources
+                        .metrics
+                        .client_lag_max
+                        .fetch_max(waiting, Ordering::Relaxed);
+                    self.on_live(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let skip = self.open.take();
+                    self.start_replay(skip);
+                }
+                Err(broadcast::error::RecvError::Closed) => return Next::Closed,
+            }
+        }
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        (event.audience == Audience::All || event.audience == self.audience)
+            && self.filter.as_ref().is_some_and(|f| f.matches(event))
+            && self.scope.as_ref().is_some_and(|scope| event.in_scope(scope))
+            && self.watermarks.get(&event.table).is_none_or(|w| event.seq > *w)
+    }
+
+    /// An event from the hub: queued when wanted, exactly once, whole transactions in order.
+    fn on_live(&mut self, event: Arc<Event>) {
+        if event.seq <= self.last_seq {
+            return; // already delivered, or before this subscriber started
+        }
+        let handled = match self.open {
+            Some((seq, handled)) if seq == event.seq => handled,
+            _ if !event.opens_tx => {
+                // Joined in the middle of a transaction: take it whole from the log.
+                self.start_replay(self.open);
+                return;
+            }
+            _ => {
+                self.sent_in_open = false;
+                0
+            }
+        };
+        self.open = Some((event.seq, handled + 1));
+        self.deliver(event);
+    }
+
+    /// Queues `event` if wanted, and closes its transaction after its last event.
+    fn deliver(&mut self, event: Arc<Event>) {
+        let (seq, closes) = (event.seq, event.closes_tx);
+        if self.wants(&event) {
+            self.ready.push_back(Next::Event(event));
+            self.sent_in_open = true;
+        }
+        if closes {
+            self.last_seq = seq;
+            self.open = None;
+            if std::mem::take(&mut self.sent_in_open) {
+                self.ready.push_back(Next::Whole(seq));
+            }
+        }
+    }
+
+    /// Reads the log after `last_seq` from the next `next` call on; `skip`
+    /// names the part of a transaction already delivered.
+    fn start_replay(&mut self, skip: Option<(i64, usize)>) {
+        // A fresh place at the live end first: whatever the hub gets from now on
+        // is kept for us, and whatever it got before is in the log we read.
+        self.rx = self.sources.hub.subscribe();
+        self.open = None;
+        if self.filter.is_none() {
+            // Nothing is wanted: nothing to read.
+            self.last_seq = self.last_seq.max(self.sources.hub.head());
+            return;
+        }
+        Metrics::inc(&self.sources.metrics.client_catch_ups);
+        self.replay = Some(Replay {
+            cursor: Cursor::after(self.last_seq),
+            pearl: None,
+            skip,
+        });
+    }
+
+    /// One page of the replay, queued. Nothing changes until the page is read,
+    /// so a cancelled call loses nothing.
+    async fn replay_page(&mut self) -> sqlx::Result<()> {
+        let sources = self.sources.clone();
+        let replay = self.replay.as_ref().expect("a replay is in progress");
+        let mut state = match &replay.pearl {
+            Some(state) => state.clone(),
+            None => {
+                // PEARL's state as of where the replay starts, so replayed events
+                // carry the counts and names live ones did.
+                let mut state = sources.pearl.lock().expect("pearl state lock").clone();
+                state.move_to(&sources.pool, self.last_seq).await?;
+                state
+            }
+        };
+        let (changes, next) = log::read(&sources.pool, replay.cursor, LOG_PAGE).await?;
+        let mut skip = replay.skip;
+        if changes.is_empty() {
+            self.replay = None;
+            return Ok(());
+        }
+        let mut encoder = Encoder {
+            metrics: &sources.metrics,
+            pearl: &mut state,
+            count_untyped: false,
+        };
+        let mut events = Vec::new();
+        for change in changes {
+            events.extend(encoder.encode(change));
+        }
+        for event in events {
+            if let Some((seq, n)) = skip.as_mut() {
+                if event.seq == *seq && *n > 0 {
+                    *n -= 1;
+                    continue;
+                }
+            }
+            if event.opens_tx {
+                self.sent_in_open = false;
+            }
+            self.deliver(Arc::new(event));
+        }
+        let replay = self.replay.as_mut().expect("a replay is in progress");
+        replay.cursor = next;
+        replay.skip = skip;
+        replay.pearl = Some(state);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// A subscriber whose log is unreachable: a replay ends in `LogUnavailable`.
+    fn subscriber(hub: &Hub) -> Subscriber {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(50))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let sources = Sources {
+            hub: hub.clone(),
+            pool,
+            pearl: Arc::default(),
+            metrics: Arc::default(),
+        };
+        let mut subscriber = Subscriber::new(sources, Audience::Native);
+        subscriber.filter = Some(Filter::default());
+        subscriber.scope = Some(Scope::unbounded());
+        subscriber
+    }
+
+    /// Event `index` of `size` in transaction `seq`, a row of `table`.
+    fn event(seq: i64, index: usize, size: usize, table: &str) -> Arc<Event> {
+        let row = json!({"id": seq * 10 + index as i64, "tenant": seq % 2});
+        Arc::new(Event {
+            seq,
+            kind: format!("{table}_created"),
+            table: table.to_string(),
+            data: row.clone(),
+            rows: Arc::new((Some(row), None)),
+            audience: Audience::All,
+            opens_tx: index == 0,
+            closes_tx: index + 1 == size,
+            frame: format!("{seq}.{index}").into(),
+            envelope_frame: Default::default(),
+        })
+    }
+
+    async fn take(subscriber: &mut Subscriber, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(1), subscriber.next()).await {
+                Ok(Next::Event(e)) => got.push(e.frame.to_string()),
+                Ok(Next::Whole(seq)) => got.push(format!("whole {seq}")),
+                Ok(Next::Idle) => {}
+                Ok(other) => got.push(format!("{other:?}")),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_transactions_in_order_once() {
+        let hub = Hub::new(64);
+        let mut s = subscriber(&hub);
+        for (seq, size) in [(1, 2), (2, 1)] {
+            for i in 0..size {
+                hub.publish(event(seq, i, size, "t"));
+            }
+        }
+        // Seq 1 again (a listener that re-read the log): dropped.
+        hub.publish(event(1, 0, 2, "t"));
+        hub.publish(event(3, 0, 1, "t"));
+        assert_eq!(
+            take(&mut s, 7).await,
+            ["1.0", "1.1", "whole 1", "2.0", "whole 2", "3.0", "whole 3"]
+        );
+        assert_eq!(s.last_seq(), 3);
+        assert!(
+            matches!(s.next().await, Next::Idle),
+            "idle once everything was handed out"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn filters_scopes_and_watermarks_hide_events_but_not_transaction_ends() {
+        let hub = Hub::new(64);
+        let mut s = subscriber(&hub);
+        s.scope = Some(serde_json::from_value(json!({"where": {"tenant": 1}})).unwrap());
+        s.set_watermark("a", 3);
+        for seq in 1..=4 {
+            hub.publish(event(seq, 0, 2, "a"));
+            hub.publish(event(seq, 1, 2, "b"));
+        }
+        // Tenant 1 is odd seqs; table a at or below 3 is in the snapshot.
+        assert_eq!(take(&mut s, 3).await, ["1.1", "whole 1", "3.1"]);
+        assert_eq!(take(&mut s, 1).await, ["whole 3"]);
+        assert!(take(&mut s, 1).await.is_empty());
+        assert_eq!(
+            s.last_seq(),
+            4,
+            "transactions with nothing wanted still advance the cursor"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn joining_mid_transaction_or_lagging_reads_the_log() {
+        let hub = Hub::new(4);
+        let mut s = subscriber(&hub);
+        // The second event of a transaction whose first it never saw.
+        hub.publish(event(1, 1, 2, "t"));
+        assert_eq!(take(&mut s, 1).await, ["LogUnavailable"]);
+        // Five events into a ring of four: lagged.
+        let mut s = subscriber(&hub);
+        for seq in 2..7 {
+            hub.publish(event(seq, 0, 1, "t"));
+        }
+        assert_eq!(take(&mut s, 1).await, ["LogUnavailable"]);
+        assert_eq!(s.sources.metrics.client_catch_ups.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_asked_means_nothing_read() {
+        let hub = Hub::new(2);
+        let mut s = subscriber(&hub);
+        s.filter = None;
+        for seq in 1..6 {
+            hub.publish(event(seq, 0, 1, "t"));
+        }
+        hub.set_head(5);
+        assert!(
+            take(&mut s, 1).await.is_empty(),
+            "a lag without a subscription reads no log"
+        );
+        assert_eq!(s.last_seq(), 5);
+    }
+}
