@@ -3,6 +3,7 @@
 pub mod access;
 pub mod rest;
 pub mod session;
+pub mod sse;
 pub mod tls;
 pub mod write;
 
@@ -106,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(rest::metrics))
         .route("/ws", get(session::general))
         .route("/ws/updates", get(session::updates))
+        .route("/events", get(sse::events))
         .route("/api/v1/ws/studies", get(session::pearl))
         .route("/api/v1/{table}", get(rest::table_snapshot).post(write::create))
         .route("/api/v1/{table}/", get(rest::table_snapshot).post(write::create))

@@ -1,0 +1,202 @@
+//! `GET /events`: Server-Sent Events with `id: <seq>` per whole transaction,
+//! so `Last-Event-ID` resumes exactly; same filters and scopes as `/ws`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDb;
+use pgfeed::server::Running;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// A minimal SSE client over HTTP/1.1 chunked encoding, as a browser's EventSource reads it.
+struct EventSource {
+    reader: BufReader<tokio::net::TcpStream>,
+    /// Decoded bytes not yet parsed into events.
+    buffer: String,
+    /// The `id:` of the last event, as EventSource keeps it.
+    last_event_id: Option<String>,
+}
+
+/// One dispatched event: (event type, data).
+type SseEvent = (String, String);
+
+impl EventSource {
+    async fn open(running: &Running, path: &str, last_event_id: Option<&str>) -> Result<EventSource, u16> {
+        let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{resume}\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let code: u16 = status[9..12].parse().unwrap();
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).await.unwrap();
+            if header == "\r\n" {
+                break;
+            }
+        }
+        if code != 200 {
+            return Err(code);
+        }
+        Ok(EventSource {
+            reader,
+            buffer: String::new(),
+            last_event_id: last_event_id.map(String::from),
+        })
+    }
+
+    /// Reads one chunk of the body into the buffer.
+    async fn read_chunk(&mut self) {
+        let mut size = String::new();
+        self.reader.read_line(&mut size).await.unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        let mut chunk = vec![0u8; size + 2];
+        self.reader.read_exact(&mut chunk).await.unwrap();
+        self.buffer.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+    }
+
+    /// The next dispatched event (comments and id-only blocks update state only), or None after `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut kind, mut data) = (String::from("message"), Vec::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        self.last_event_id = Some(v.trim().to_string());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((kind, data.join("\n")));
+                }
+            }
+            tokio::time::timeout_at(deadline, self.read_chunk()).await.ok()?;
+        }
+    }
+
+    async fn next(&mut self) -> SseEvent {
+        self.next_within(Duration::from_secs(15))
+            .await
+            .expect("no event within 15 s")
+    }
+
+    /// Row events (JSON with a seq) until `count` have arrived.
+    async fn events(&mut self, count: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        while events.len() < count {
+            let (_, data) = self.next().await;
+            let event: Value = serde_json::from_str(&data).unwrap();
+            if event.get("table").is_some() {
+                events.push(event);
+            }
+        }
+        events
+    }
+}
+
+#[tokio::test]
+async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let mut source = EventSource::open(&server, "/events?tables=studies,text_elements", None)
+        .await
+        .unwrap();
+    let (kind, data) = source.next().await;
+    assert_eq!(kind, "connected", "{data}");
+    let start: i64 = source.last_event_id.as_deref().unwrap().parse().unwrap();
+
+    db.exec("INSERT INTO studies (study_label) VALUES ('S1')").await;
+    db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('S2'); INSERT INTO text_elements (type, label) VALUES ('title', 'T'); COMMIT;")
+        .await;
+    let first = source.events(3).await;
+    assert_eq!(first[0]["type"], "study_created");
+    assert_eq!(first[1]["seq"], first[2]["seq"], "one transaction");
+    // The id moves only when a transaction is whole: after the 3rd event, it is its seq.
+    let (_, marker) = {
+        db.exec("INSERT INTO studies (study_label) VALUES ('S3')").await;
+        source.next().await
+    };
+    let s3: Value = serde_json::from_str(&marker).unwrap();
+    assert_eq!(
+        source.last_event_id.as_deref().map(|id| id.parse::<i64>().unwrap()),
+        Some(first[2]["seq"].as_i64().unwrap()),
+        "the id names the last transaction that is whole, not the one being read"
+    );
+    let seen_through = s3["seq"].as_i64().unwrap();
+    drop(source);
+
+    // Writes while the client is away.
+    let writers = common::Writers::start(&db.url, 2, 50);
+    writers.finish().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker-back')")
+        .await;
+    // The browser reconnects naming S3's transaction (its id line follows the event).
+    let mut resumed = EventSource::open(
+        &server,
+        "/events?tables=studies,text_elements",
+        Some(&seen_through.to_string()),
+    )
+    .await
+    .unwrap();
+    let (kind, _) = resumed.next().await;
+    assert_eq!(kind, "connected");
+    let mut events = Vec::new();
+    loop {
+        let event = resumed.events(1).await.remove(0);
+        let done = event["data"]["study_label"] == "marker-back";
+        events.push(event);
+        if done {
+            break;
+        }
+    }
+    common::assert_matches_log(&db, &events, seen_through).await;
+    assert!(events.iter().all(|e| e["seq"].as_i64().unwrap() > seen_through));
+    assert!(start < seen_through);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn filters_and_bad_requests() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let mut only_deletes = EventSource::open(&server, "/events?types=study_deleted", None)
+        .await
+        .unwrap();
+    let mut where_ = EventSource::open(
+        &server,
+        "/events?tables=studies&where=%7B%22study_label%22%3A%22B%22%7D",
+        None,
+    )
+    .await
+    .unwrap();
+    for s in [&mut only_deletes, &mut where_] {
+        assert_eq!(s.next().await.0, "connected");
+    }
+    db.exec("INSERT INTO studies (study_label) VALUES ('A'), ('B'); DELETE FROM studies WHERE study_label = 'A';")
+        .await;
+    let deleted = only_deletes.events(1).await;
+    assert_eq!(
+        (deleted[0]["type"].as_str(), deleted[0]["data"]["study_label"].as_str()),
+        (Some("study_deleted"), Some("A"))
+    );
+    let b = where_.events(1).await;
+    assert_eq!(b[0]["data"]["study_label"], "B");
+    assert!(where_.next_within(Duration::from_millis(300)).await.is_none());
+
+    let bad = EventSource::open(&server, "/events?where=nope", None).await;
+    assert_eq!(bad.err(), Some(400));
+    let ahead = EventSource::open(&server, "/events?after=999999", None).await;
+    assert_eq!(ahead.err(), Some(400));
+    server.stop().await.unwrap();
+}
