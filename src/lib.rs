@@ -39,3 +39,4 @@ pub mod install;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod simulate;
