@@ -55,6 +55,8 @@ pub enum Command {
     Uninstall(UninstallArgs),
     /// Measure write cost against the reference designs (figures, never assertions).
     Bench(crate::bench::BenchArgs),
+    /// Print a server's events as they happen (reconnects and resumes by itself).
+    Tail(crate::client::TailArgs),
     /// Write realistic PEARL activity (studies, trackers, comment threads, …) at a steady rate.
     Simulate(crate::simulate::SimulateArgs),
 }

@@ -31,6 +31,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod feed;

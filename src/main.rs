@@ -53,6 +53,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => pgfeed::bench::run(args).await,
+        Command::Tail(args) => pgfeed::client::tail(args).await,
         Command::Simulate(args) => pgfeed::simulate::run(args).await.map(|_| ()),
         Command::Migrate(args) => {
             let database = resolve(&args.database).await?;

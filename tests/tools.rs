@@ -48,3 +48,113 @@ async fn simulate_commits_its_rate_of_valid_pearl_transactions() {
     assert!(server.state.metrics.events_published.load(Ordering::Relaxed) as i64 >= committed);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tail_prints_events_in_order_and_continues_across_a_server_restart() {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let addr = server.addr;
+    let start = db.scalar_i64("SELECT pgfeed.head()").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+        .args([
+            "tail",
+            &format!("ws://{addr}/ws"),
+            "--format",
+            "json",
+            "--tables",
+            "studies",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut state = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // Wait until it is connected.
+    loop {
+        let line = state.next_line().await.unwrap().expect("tail ended");
+        if line.contains("connected") {
+            break;
+        }
+    }
+    db.exec(
+        "INSERT INTO studies (study_label) VALUES ('a1'), ('a2'); INSERT INTO studies (study_label) VALUES ('a3');",
+    )
+    .await;
+    db.exec("INSERT INTO text_elements (type, label) VALUES ('title', 'not a study')")
+        .await;
+    let mut events = read_lines(&mut lines, 3).await;
+
+    // The server goes away; writes go on; a new server comes up on the same address.
+    server.stop().await.unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('while-down-1')")
+        .await;
+    db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('while-down-2'); INSERT INTO studies (study_label) VALUES ('while-down-3'); COMMIT;")
+        .await;
+    let server = db
+        .server_with(pgfeed::server::Settings {
+            bind: addr,
+            ..pgfeed::server::Settings::default()
+        })
+        .await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('after-1'), ('after-2')")
+        .await;
+    events.extend(read_lines(&mut lines, 5).await);
+    let labels: Vec<&str> = events
+        .iter()
+        .map(|e| e["data"]["study_label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "a1",
+            "a2",
+            "a3",
+            "while-down-1",
+            "while-down-2",
+            "while-down-3",
+            "after-1",
+            "after-2"
+        ]
+    );
+    // In commit order, each once: (seq, tx_index) strictly increasing.
+    let keys: Vec<(i64, i64)> = events
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e["tx_index"].as_i64().unwrap()))
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    assert!(keys[0].0 > start);
+    assert!(events.iter().all(|e| e["table"] == "studies"));
+
+    // Ctrl-C: exits 0.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "tail exited with {status}");
+    server.stop().await.unwrap();
+}
+
+/// The next `n` JSON lines a child printed.
+async fn read_lines(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("tail printed nothing within 30 s")
+            .unwrap()
+            .expect("tail ended");
+        got.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    got
+}

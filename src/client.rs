@@ -1,0 +1,346 @@
+//! `pgfeed tail <url>`: a client of the feed in the terminal. It prints events
+//! as JSON lines or one readable line each, and survives everything the
+//! server does: it reconnects with backoff (1, 2, 4, 8, 16, 30 s plus jitter)
+//! and resumes where it was, so nothing is missed and nothing printed twice.
+//! Connection state and lag go to stderr; Ctrl-C exits 0.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One readable line per event.
+    Line,
+    /// Each event's JSON, one per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// The server: ws://host:port/ws, wss://…, or http(s)://host:port.
+    pub url: String,
+
+    #[arg(long, value_enum, default_value_t = Format::Line)]
+    pub format: Format,
+
+    /// Only these tables (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+
+    /// Only these event types (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
+
+    /// Only rows whose column equals the value (col=val; repeat for more columns).
+    #[arg(long = "where")]
+    pub where_: Vec<String>,
+
+    /// Start after this seq (replayed from the log) instead of now.
+    #[arg(long)]
+    pub after: Option<i64>,
+
+    /// A JWT, when the server requires one.
+    #[arg(long, env = "PGFEED_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Where the printed stream stands, so a reconnect continues it exactly.
+#[derive(Debug, Default)]
+struct Position {
+    /// The seq of the last event printed.
+    seq: Option<i64>,
+    /// How many events of that seq were printed (a reconnect may come mid-transaction).
+    printed: usize,
+    /// How many of that seq to drop after a reconnect (already printed).
+    to_skip: usize,
+}
+
+/// The subscription message the flags describe.
+fn subscription(args: &TailArgs) -> Result<Value> {
+    let mut message = Map::new();
+    message.insert("action".into(), json!("subscribe"));
+    if !args.tables.is_empty() {
+        message.insert("tables".into(), json!(args.tables));
+    }
+    if !args.types.is_empty() {
+        message.insert("types".into(), json!(args.types));
+    }
+    if !args.where_.is_empty() {
+        let mut where_ = Map::new();
+        for condition in &args.where_ {
+            let Some((column, value)) = condition.split_once('=') else {
+                bail!("--where takes column=value, not `{condition}`");
+            };
+            let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+            where_.insert(column.trim().to_string(), value);
+        }
+        message.insert("where".into(), Value::Object(where_));
+    }
+    Ok(Value::Object(message))
+}
+
+/// `ws[s]://host:port/ws` from what the user typed.
+fn feed_url(url: &str) -> Result<String> {
+    let url = url.trim_end_matches('/');
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("the URL needs a scheme: ws://host:port/ws")?;
+    let scheme = match scheme {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => bail!("unknown scheme `{other}`: use ws, wss, http or https"),
+    };
+    let rest = if rest.contains('/') {
+        rest.to_string()
+    } else {
+        format!("{rest}/ws")
+    };
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// Runs until Ctrl-C.
+pub async fn tail(args: TailArgs) -> Result<()> {
+    let url = feed_url(&args.url)?;
+    let subscribe = subscription(&args)?;
+    let mut position = Position {
+        seq: args.after,
+        ..Position::default()
+    };
+    let mut failures = 0u32;
+    loop {
+        let attempt = follow(&url, &args, &subscribe, &mut position, &mut failures);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("tail: stopped");
+                return Ok(());
+            }
+            ended = attempt => {
+                let reason = match ended {
+                    Ok(()) => "the server closed the connection".to_string(),
+                    Err(err) => format!("{err:#}"),
+                };
+                let wait = backoff(failures);
+                failures += 1;
+                eprintln!("tail: reconnecting in {:.1} s ({reason})", wait.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {
+                        eprintln!("tail: stopped");
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// 1, 2, 4, 8, 16, then 30 s, each with up to 20% jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0][failures.min(5) as usize];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.2;
+    Duration::from_secs_f64(base * (1.0 + jitter))
+}
+
+/// One connection: subscribe, resume where the printed stream stands, print.
+async fn follow(
+    url: &str,
+    args: &TailArgs,
+    subscribe: &Value,
+    position: &mut Position,
+    failures: &mut u32,
+) -> Result<()> {
+    let target = match &args.token {
+        Some(token) => format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' }),
+        None => url.to_string(),
+    };
+    eprintln!("tail: connecting to {url}");
+    let mut socket = connect(&target).await?;
+    let hello = next_json(&mut socket).await?;
+    if hello["type"] != "connected" {
+        bail!("the server did not say connected: {hello}");
+    }
+    socket.send(Message::Text(subscribe.to_string().into())).await?;
+    expect(&mut socket, "subscribed").await?;
+    // Continue the printed stream: from the transaction of the last event printed,
+    // dropping what of it was printed already.
+    if let Some(seq) = position.seq {
+        let after = if position.printed > 0 { seq - 1 } else { seq };
+        position.to_skip = position.printed;
+        socket
+            .send(Message::Text(
+                json!({"action": "resume", "after": after}).to_string().into(),
+            ))
+            .await?;
+        let resumed = expect(&mut socket, "resumed").await?;
+        let head = resumed["head"].as_i64().unwrap_or(after);
+        eprintln!("tail: connected; catching up {} transactions", (head - after).max(0));
+    } else {
+        eprintln!("tail: connected at seq {}", hello["seq"]);
+    }
+    *failures = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let message = next_json(&mut socket).await?;
+        match message["type"].as_str() {
+            Some("error") => eprintln!("tail: server says {}", message["message"]),
+            Some("refresh_needed") => eprintln!("tail: the server cannot replay from here ({message})"),
+            _ if message.get("seq").is_some() && message.get("table").is_some() => {
+                let seq = message["seq"].as_i64().unwrap_or(0);
+                if Some(seq) == position.seq && position.to_skip > 0 {
+                    position.to_skip -= 1;
+                    continue;
+                }
+                if Some(seq) == position.seq {
+                    position.printed += 1;
+                } else {
+                    *position = Position {
+                        seq: Some(seq),
+                        printed: 1,
+                        to_skip: 0,
+                    };
+                }
+                match args.format {
+                    Format::Json => writeln!(out, "{message}")?,
+                    Format::Line => writeln!(out, "{}", line(&message))?,
+                }
+                out.flush()?;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `#12 study_updated studies {"id":3,"study_label":"ONC-001b"} by 42`
+fn line(event: &Value) -> String {
+    let mut data = event["data"].to_string();
+    if data.len() > 160 {
+        let mut cut = 157;
+        while !data.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        data.truncate(cut);
+        data.push_str("...");
+    }
+    let actor = event["actor"].as_str().map(|a| format!(" by {a}")).unwrap_or_default();
+    format!(
+        "#{} {} {} {data}{actor}",
+        event["seq"],
+        event["type"].as_str().unwrap_or("?"),
+        event["table"].as_str().unwrap_or("?")
+    )
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+
+/// A byte stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn connect(url: &str) -> Result<Socket> {
+    let (scheme, rest) = url.split_once("://").expect("feed_url made it");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(if scheme == "wss" { 443 } else { 80 });
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)))
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    let stream: Box<dyn Stream> = if scheme == "wss" {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())?;
+        Box::new(
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await?,
+        )
+    } else {
+        Box::new(tcp)
+    };
+    let (socket, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .context("the WebSocket upgrade was refused")?;
+    Ok(socket)
+}
+
+async fn next_json(socket: &mut Socket) -> Result<Value> {
+    loop {
+        match socket.next().await {
+            None => bail!("the connection ended"),
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
+            Some(Ok(Message::Close(frame))) => {
+                bail!(
+                    "closed by the server ({})",
+                    frame.map(|f| f.code.to_string()).unwrap_or_default()
+                )
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads until a message of type `kind`; an error message fails.
+async fn expect(socket: &mut Socket, kind: &str) -> Result<Value> {
+    loop {
+        let message = next_json(socket).await?;
+        if message["type"] == kind {
+            return Ok(message);
+        }
+        if message["type"] == "error" {
+            bail!("the server refused: {}", message["message"]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_subscriptions() {
+        assert_eq!(feed_url("http://127.0.0.1:8000").unwrap(), "ws://127.0.0.1:8000/ws");
+        assert_eq!(
+            feed_url("wss://feed.example/ws/updates").unwrap(),
+            "wss://feed.example/ws/updates"
+        );
+        assert!(feed_url("ftp://x").is_err());
+        let args = TailArgs {
+            url: "ws://x".into(),
+            format: Format::Json,
+            tables: vec!["studies".into()],
+            types: vec![],
+            where_: vec!["study_id=3".into(), "label=ONC".into()],
+            after: None,
+            token: None,
+        };
+        assert_eq!(
+            subscription(&args).unwrap(),
+            json!({"action": "subscribe", "tables": ["studies"], "where": {"study_id": 3, "label": "ONC"}})
+        );
+        assert!((1.0..=1.2).contains(&backoff(0).as_secs_f64()));
+        assert!((30.0..=36.0).contains(&backoff(9).as_secs_f64()));
+    }
+}
