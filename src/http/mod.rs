@@ -5,6 +5,7 @@ pub mod rest;
 pub mod session;
 pub mod sse;
 pub mod tls;
+pub mod web;
 pub mod write;
 
 use std::sync::atomic::AtomicBool;
@@ -102,6 +103,13 @@ impl AppState {
 /// The router, apart from serving, so tests can drive it directly.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(web::index))
+        .route("/dashboard.js", get(web::dashboard_js))
+        .route("/client.js", get(web::client_js))
+        .route("/client.d.ts", get(web::client_types))
+        .route("/style.css", get(web::style))
+        .route("/asyncapi.json", get(web::asyncapi))
+        .route("/api/v1", get(rest::tables))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -61,3 +61,18 @@ pub async fn table_snapshot(
     .encode(Envelope::Type);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// `GET /api/v1`: the tracked tables this request may see, and whether writes are on.
+pub async fn tables(State(state): State<AppState>, access: Access) -> Result<Response, ApiError> {
+    let scope = access.require(&state)?;
+    let tracked: Vec<(String, String)> = sqlx::query_as("SELECT table_name, prefix FROM pgfeed.tracked")
+        .fetch_all(&state.pool)
+        .await?;
+    let tables: Vec<serde_json::Value> = tracked
+        .into_iter()
+        .filter(|(table, _)| scope.allows_table(table))
+        .map(|(table, prefix)| serde_json::json!({"table": table, "prefix": prefix}))
+        .collect();
+    let writes = state.limits.enable_writes && scope.write;
+    Ok(axum::Json(serde_json::json!({"tables": tables, "writes": writes})).into_response())
+}

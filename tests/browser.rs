@@ -1,0 +1,242 @@
+//! In a real browser (Debian's chromium + chromium-driver, which .ci/run
+//! installs): the live dashboard at `/` and `/client.js`. These tests fail,
+//! never skip, when the browser is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDb;
+use fantoccini::{Client, Locator};
+use pgfeed::http::Limits;
+use pgfeed::server::{Running, Settings};
+use serde_json::{json, Value};
+
+/// A chromedriver of our own on a free port, ended with the test.
+struct Driver {
+    _process: tokio::process::Child,
+    port: u16,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let path = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromedriver is missing: apt-get install chromium chromium-driver (.ci/run does)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = tokio::process::Command::new(path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Driver {
+                    _process: process,
+                    port,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not start");
+    }
+
+    /// A fresh headless browser session with its own profile.
+    async fn browser(&self, tag: &str) -> Client {
+        let profile = common::scratch_dir(&format!("chrome-{tag}"));
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         format!("--user-data-dir={}", profile.display())]
+            }),
+        );
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("starting headless chromium")
+    }
+}
+
+async fn wait_for(browser: &Client, css: &str) {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+}
+
+async fn study_rows(browser: &Client, label: &str) -> usize {
+    let xpath = format!("//table[@id='studies']//td[contains(@class,'label') and text()='{label}']");
+    browser.find_all(Locator::XPath(&xpath)).await.unwrap().len()
+}
+
+async fn wait_for_study(browser: &Client, label: &str) {
+    let xpath = format!("//table[@id='studies']//td[contains(@class,'label') and text()='{label}']");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::XPath(&xpath))
+        .await
+        .unwrap_or_else(|e| panic!("study {label} never appeared: {e}"));
+}
+
+/// The events the page received: (seq, tx_index, derived).
+async fn page_events(browser: &Client) -> Vec<Value> {
+    let events = browser
+        .execute(
+            "return window.__pgfeed.events.map(e => [e.seq, e.tx_index, e.derived, e.type]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut event = json!({"seq": e[0], "tx_index": e[1], "table": "x", "op": "x", "type": e[3]});
+            if e[2] == true {
+                event["derived"] = json!(true);
+            }
+            event
+        })
+        .collect()
+}
+
+async fn server_with_writes(db: &TestDb, bind: Option<std::net::SocketAddr>) -> Running {
+    db.server_with(Settings {
+        bind: bind.unwrap_or(([127, 0, 0, 1], 0).into()),
+        limits: Limits {
+            enable_writes: true,
+            ..Limits::default()
+        },
+        ..Settings::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_sql_writes_survives_a_restart_and_shares_form_writes() {
+    let db = TestDb::new().await;
+    common::seed_pearl(&db).await;
+    let server = server_with_writes(&db, None).await;
+    let addr = server.addr;
+    let driver = Driver::start().await;
+    let a = driver.browser("a").await;
+    a.goto(&format!("http://{addr}/")).await.unwrap();
+    wait_for(&a, "#badge[data-state='connected']").await;
+    assert_eq!(
+        a.find(Locator::Css("#badge")).await.unwrap().text().await.unwrap(),
+        "Connected"
+    );
+    // The trackers panel counts unresolved top-level comments (tracker 1 has one).
+    wait_for(&a, "#trackers tbody tr[data-id='1'] .count.open").await;
+
+    // A study inserted with SQL appears.
+    db.exec("INSERT INTO studies (study_label) VALUES ('ONC-BROWSER')")
+        .await;
+    wait_for_study(&a, "ONC-BROWSER").await;
+    a.execute("window.__notReloaded = true;", vec![]).await.unwrap();
+
+    // The server stops: the badge says so.
+    server.stop().await.unwrap();
+    wait_for(&a, "#badge[data-state='reconnecting'], #badge[data-state='offline']").await;
+    let badge = a.find(Locator::Css("#badge")).await.unwrap().text().await.unwrap();
+    assert!(badge == "Reconnecting" || badge == "Offline", "{badge}");
+
+    // Rows written while it is down appear after it restarts, without a reload, once.
+    db.exec("INSERT INTO studies (study_label) VALUES ('DOWN-1')").await;
+    db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('DOWN-2'); UPDATE studies SET study_label = 'ONC-BROWSER-2' WHERE study_label = 'ONC-BROWSER'; COMMIT;")
+        .await;
+    let server = server_with_writes(&db, Some(addr)).await;
+    wait_for(&a, "#badge[data-state='connected']").await;
+    for label in ["DOWN-1", "DOWN-2", "ONC-BROWSER-2"] {
+        wait_for_study(&a, label).await;
+        assert_eq!(study_rows(&a, label).await, 1, "{label} shown once");
+    }
+    assert_eq!(study_rows(&a, "ONC-BROWSER").await, 0, "the renamed row is gone");
+    let not_reloaded = a
+        .execute("return window.__notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(not_reloaded, json!(true), "the page was reloaded");
+    let events = page_events(&a).await;
+    common::assert_commit_order(&events);
+
+    // A study created through the form in one browser appears in another.
+    let b = driver.browser("b").await;
+    b.goto(&format!("http://{addr}/")).await.unwrap();
+    wait_for(&b, "#badge[data-state='connected']").await;
+    wait_for_study(&b, "DOWN-2").await;
+    wait_for(&a, "#study-form:not([hidden])").await;
+    a.find(Locator::Css("#study-label"))
+        .await
+        .unwrap()
+        .send_keys("FROM-FORM")
+        .await
+        .unwrap();
+    a.find(Locator::Css("#study-form button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_study(&b, "FROM-FORM").await;
+    wait_for_study(&a, "FROM-FORM").await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM studies WHERE study_label = 'FROM-FORM'")
+            .await,
+        1
+    );
+
+    // Resolving the comment clears the count, live.
+    db.exec("UPDATE tracker_comments SET is_resolved = true WHERE id = 1")
+        .await;
+    wait_for(&a, "#trackers tbody tr[data-id='1'] .count:not(.open)").await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_js_resumes_after_a_forced_disconnect_with_every_seq_once() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let driver = Driver::start().await;
+    let page = driver.browser("resume").await;
+    page.goto(&format!("http://{}/", server.addr)).await.unwrap();
+    wait_for(&page, "#badge[data-state='connected']").await;
+    let start = db.scalar_i64("SELECT pgfeed.head()").await;
+
+    let writers = common::Writers::start(&db.url, 2, 60);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client drops its socket mid-stream, as a network failure would.
+    page.execute("window.__pgfeed.feed.drop();", vec![]).await.unwrap();
+    writers.finish().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker-browser')")
+        .await;
+    wait_for_study(&page, "marker-browser").await;
+    let events = page_events(&page).await;
+    common::assert_matches_log(&db, &events, start).await;
+    assert_eq!(
+        events.iter().filter(|e| e.get("derived").is_none()).count(),
+        2 * 75 + 1,
+        "every event of 120 transactions and the marker, once"
+    );
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

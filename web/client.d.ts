@@ -1,0 +1,62 @@
+// Types of pgfeed's browser client (/client.js).
+
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "offline";
+
+export interface FeedOptions {
+  /** Only these tables. Also the tables polled while the socket is down. */
+  tables?: string[];
+  /** Only these event types. */
+  types?: string[];
+  /** Only rows whose columns equal these values (or one of them, for an array). */
+  where?: Record<string, unknown>;
+  /** A JWT, when the server requires one. */
+  token?: string;
+  /** Start after this seq (replayed from the log) instead of now. */
+  after?: number;
+  /** Poll interval while disconnected, in ms (default 30000). */
+  poll?: number;
+}
+
+/** One event, as the server sends it. */
+export interface FeedEvent<Row = Record<string, unknown>> {
+  type: string;
+  data: Row;
+  seq: number;
+  table: string;
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
+  changed?: string[];
+  actor: string | null;
+  timestamp: string;
+  tx_index: number;
+  tx_size: number;
+  unresolved_count?: number;
+  derived?: boolean;
+}
+
+export interface Snapshot<Row = Record<string, unknown>> {
+  rows: Row[];
+  /** Every transaction up to this seq is in the rows; events after it follow. */
+  seq: number;
+}
+
+export interface PollResult<Row = Record<string, unknown>> {
+  type: "snapshot";
+  table: string;
+  seq: number;
+  rows: Row[];
+}
+
+export declare class Feed {
+  readonly state: ConnectionState;
+  on(pattern: "state", fn: (state: ConnectionState) => void): () => void;
+  on(pattern: "poll", fn: (result: PollResult) => void): () => void;
+  on(pattern: "error" | "refresh_needed", fn: (message: { type: string; [key: string]: unknown }) => void): () => void;
+  /** A type (`study_created`), a prefix (`study_*`) or everything (`*`). */
+  on(pattern: string, fn: (event: FeedEvent) => void): () => void;
+  snapshot<Row = Record<string, unknown>>(table: string): Promise<Snapshot<Row>>;
+  reconnect(): void;
+  drop(): void;
+  close(): void;
+}
+
+export declare function connect(url: string, options?: FeedOptions): Feed;
