@@ -158,3 +158,123 @@ async fn read_lines(
     }
     got
 }
+
+/// Every kind of message the server sends: each `ServerMessage` (the match
+/// makes a new variant a compile error here until it is listed) and PEARL's.
+fn every_server_message_type() -> Vec<String> {
+    use pgfeed::protocol::ServerMessage;
+    let rows = serde_json::value::RawValue::from_string("[]".into()).unwrap();
+    let samples = [
+        ServerMessage::Connected {
+            connection_id: uuid::Uuid::nil(),
+            seq: 0,
+        },
+        ServerMessage::AuthOk { expires_at: 0 },
+        ServerMessage::Pong,
+        ServerMessage::Subscribed {
+            seq: 0,
+            tables: None,
+            types: None,
+            where_: None,
+        },
+        ServerMessage::Unsubscribed { types: None },
+        ServerMessage::Resumed { after: 0, head: 0 },
+        ServerMessage::RefreshNeeded {
+            reason: "retention",
+            seq: 0,
+            oldest_seq: None,
+        },
+        ServerMessage::Snapshot {
+            table: "t",
+            seq: 0,
+            rows: &rows,
+        },
+        ServerMessage::StudiesUpdate { data: &rows, seq: 0 },
+        ServerMessage::Error {
+            code: "bad_request",
+            message: "m",
+        },
+    ];
+    for sample in &samples {
+        match sample {
+            ServerMessage::Connected { .. }
+            | ServerMessage::AuthOk { .. }
+            | ServerMessage::Pong
+            | ServerMessage::Subscribed { .. }
+            | ServerMessage::Unsubscribed { .. }
+            | ServerMessage::Resumed { .. }
+            | ServerMessage::RefreshNeeded { .. }
+            | ServerMessage::Snapshot { .. }
+            | ServerMessage::StudiesUpdate { .. }
+            | ServerMessage::Error { .. } => {}
+        }
+    }
+    let mut types: Vec<String> = samples
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(&m.encode(pgfeed::protocol::Envelope::Type)).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    types.extend(
+        [
+            "row_event",
+            "comment_created",
+            "comment_replied",
+            "comment_resolved",
+            "comment_updated",
+            "comment_deleted",
+            "tracker_assignment_updated",
+            "reporting_effort_tracker_deleted",
+        ]
+        .map(String::from),
+    );
+    types
+}
+
+#[tokio::test]
+async fn the_asyncapi_document_parses_and_names_every_message() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let (status, body) = common::http_get(&server, "/asyncapi.json").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("the AsyncAPI document is JSON");
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let messages = doc["components"]["messages"].as_object().unwrap();
+    let names: std::collections::HashSet<&str> = messages.values().map(|m| m["name"].as_str().unwrap()).collect();
+    for kind in every_server_message_type() {
+        assert!(
+            names.contains(kind.as_str()),
+            "the AsyncAPI document does not name {kind}"
+        );
+    }
+    // Every reference resolves, and every channel has both directions where clients talk.
+    for (name, channel) in doc["channels"].as_object().unwrap() {
+        for (key, message) in channel["messages"].as_object().unwrap() {
+            let target = message["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+            assert!(messages.contains_key(target), "{name}.{key} points at nothing");
+        }
+    }
+    for (name, operation) in doc["operations"].as_object().unwrap() {
+        let channel = operation["channel"]["$ref"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        assert!(doc["channels"].get(channel).is_some(), "{name}");
+    }
+    // The client and the dashboard are served too.
+    for path in ["/", "/client.js", "/client.d.ts", "/dashboard.js", "/style.css"] {
+        let (status, body) = common::http_get(&server, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty());
+    }
+    let (_, tables) = common::http_get(&server, "/api/v1").await;
+    let tables: serde_json::Value = serde_json::from_str(&tables).unwrap();
+    assert_eq!(tables["tables"].as_array().unwrap().len(), 10);
+    assert_eq!(tables["writes"], false);
+    server.stop().await.unwrap();
+}
