@@ -278,3 +278,52 @@ async fn the_asyncapi_document_parses_and_names_every_message() {
     assert_eq!(tables["writes"], false);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn simulate_and_serve_share_the_embedded_cluster() {
+    let dir = common::scratch_dir("shared-embedded");
+    let data_dir = dir.to_str().unwrap();
+    let served = common::Served::spawn(&[("PGFEED_DATA_DIR", data_dir)]).await;
+    let mut client = common::Client::connect_to(&served.addr, "/ws").await;
+    client.next_of("connected").await;
+    client.subscribe(serde_json::json!({"tables": ["studies"]})).await;
+    // No DATABASE_URL: simulate finds the cluster `serve` runs, and leaves it running.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+        .args(["simulate", "--rate", "40", "--seconds", "2"])
+        .env_remove("DATABASE_URL")
+        .env("PGFEED_DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Its first step makes a study (no effort exists yet).
+    let first = client.events(1).await;
+    assert_eq!(first[0]["type"], "study_created");
+    // The cluster outlived simulate: the server still answers from its database.
+    let port = served
+        .psql
+        .as_deref()
+        .unwrap()
+        .split(" -p ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:{port}/pgfeed"))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO studies (study_label) VALUES ('after simulate')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    loop {
+        let event = client.events(1).await.remove(0);
+        if event["data"]["study_label"] == "after simulate" {
+            break;
+        }
+    }
+    pool.close().await;
+}

@@ -60,6 +60,18 @@ impl Cluster {
         if !data_dir.join("PG_VERSION").exists() {
             initdb(&bin_dir, &data_dir, run_as.as_ref())?;
         }
+        if let Some(port) = running_port(&data_dir) {
+            // Another pgfeed (a `serve`) runs this cluster: use it, and leave it running.
+            return Ok(Cluster {
+                bin_dir,
+                data_dir,
+                socket_dir,
+                port,
+                run_as,
+                durability,
+                postmaster: None,
+            });
+        }
         let mut cluster = Cluster {
             bin_dir,
             data_dir,
@@ -298,6 +310,17 @@ fn initdb(bin_dir: &Path, data_dir: &Path, user: Option<&User>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The port of a Postgres already running on `data_dir` and ready, if one is:
+/// `postmaster.pid` names its pid (line 1), port (line 4) and state (line 8).
+fn running_port(data_dir: &Path) -> Option<u16> {
+    let pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let pid: i32 = lines.first()?.trim().parse().ok()?;
+    let port: u16 = lines.get(3)?.trim().parse().ok()?;
+    let alive = kill(Pid::from_raw(pid), None).is_ok();
+    (alive && lines.get(7).is_some_and(|state| state.trim() == "ready")).then_some(port)
 }
 
 fn free_port() -> Result<u16> {
