@@ -67,6 +67,15 @@ async fn server(db: &TestDb) -> Running {
     db.server_with(settings(Limits::default())).await
 }
 
+/// A server with these limits and authentication off.
+async fn without_auth(db: &TestDb, limits: Limits) -> Running {
+    db.server_with(Settings {
+        limits,
+        ..Settings::default()
+    })
+    .await
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -447,15 +456,14 @@ async fn a_token_without_write_gets_403_on_every_write_route() {
 #[tokio::test]
 async fn a_disallowed_origin_gets_403_and_an_unprotected_public_bind_is_refused() {
     let db = TestDb::new().await;
-    let server = db
-        .server_with(Settings {
-            limits: Limits {
-                allowed_origins: vec!["https://app.example.org".into()],
-                ..Limits::default()
-            },
-            ..Settings::default()
-        })
-        .await;
+    let server = without_auth(
+        &db,
+        Limits {
+            allowed_origins: vec!["https://app.example.org".into()],
+            ..Limits::default()
+        },
+    )
+    .await;
     let refused = Client::try_connect(&server, "/ws", &[("Origin", "https://evil.example")]).await;
     assert_eq!(refused.err().map(|e| e.0), Some(403));
     let (status, _) = http_with(
@@ -493,15 +501,14 @@ async fn a_disallowed_origin_gets_403_and_an_unprotected_public_bind_is_refused(
 #[tokio::test]
 async fn a_flooding_client_is_throttled_then_closed_while_others_get_everything() {
     let db = TestDb::new().await;
-    let server = db
-        .server_with(Settings {
-            limits: Limits {
-                max_message_rate: 20,
-                ..Limits::default()
-            },
-            ..Settings::default()
-        })
-        .await;
+    let server = without_auth(
+        &db,
+        Limits {
+            max_message_rate: 20,
+            ..Limits::default()
+        },
+    )
+    .await;
     let mut calm = Client::subscribed(&server, json!({"tables": ["text_elements", "studies"]})).await;
     let mut flood = Client::connect(&server, "/ws").await;
     flood.next_of("connected").await;
@@ -540,15 +547,14 @@ async fn a_flooding_client_is_throttled_then_closed_while_others_get_everything(
 #[tokio::test]
 async fn fifty_simultaneous_connects_against_a_cap_of_ten_admit_exactly_ten() {
     let db = TestDb::new().await;
-    let server = db
-        .server_with(Settings {
-            limits: Limits {
-                max_connections: 10,
-                ..Limits::default()
-            },
-            ..Settings::default()
-        })
-        .await;
+    let server = without_auth(
+        &db,
+        Limits {
+            max_connections: 10,
+            ..Limits::default()
+        },
+    )
+    .await;
     let attempts = (0..50).map(|_| Client::try_connect(&server, "/ws", &[]));
     let results = futures_util::future::join_all(attempts).await;
     let admitted: Vec<Client> = results.into_iter().filter_map(Result::ok).collect();

@@ -67,17 +67,7 @@ pub async fn general(
         Some("event") => Envelope::Event,
         Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
     };
-    upgrade(
-        ws,
-        state,
-        Opening {
-            protocol: Protocol::General,
-            envelope,
-            after: query.after,
-            access,
-            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
-        },
-    )
+    upgrade(ws, state, Opening::new(Protocol::General, envelope, access, &query))
 }
 
 /// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
@@ -90,13 +80,7 @@ pub async fn updates(
     upgrade(
         ws,
         state,
-        Opening {
-            protocol: Protocol::General,
-            envelope: Envelope::Event,
-            after: query.after,
-            access,
-            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
-        },
+        Opening::new(Protocol::General, Envelope::Event, access, &query),
     )
 }
 
@@ -106,17 +90,21 @@ pub async fn pearl(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    upgrade(
-        ws,
-        state,
+    let mut opening = Opening::new(Protocol::Pearl, Envelope::Type, access, &query);
+    opening.after = None;
+    upgrade(ws, state, opening)
+}
+
+impl Opening {
+    fn new(protocol: Protocol, envelope: Envelope, access: Access, query: &ConnectQuery) -> Opening {
         Opening {
-            protocol: Protocol::Pearl,
-            envelope: Envelope::Type,
-            after: None,
+            protocol,
+            envelope,
+            after: query.after,
             access,
             workspace: query.workspace_id.as_deref().map(access::workspace_ids),
-        },
-    )
+        }
+    }
 }
 
 fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response {
