@@ -39,6 +39,16 @@ pub mod defaults {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as text, or as JSON objects (one per line) for a log pipeline.
+    #[arg(long, global = true, env = "PGFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,7 +2,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pgfeed::config::{Cli, Command, DatabaseArgs, Preset};
+use pgfeed::config::{Cli, Command, DatabaseArgs, LogFormat, Preset};
 use pgfeed::db::{self, migrate};
 use pgfeed::{install, server};
 
@@ -16,12 +16,17 @@ async fn resolve(args: &DatabaseArgs) -> Result<db::Database> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
     // Logs on stderr; stdout is for what a command prints (the address, the SQL).
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    match Cli::parse().command {
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
         Command::Serve(args) => {
             // Refuse a bad configuration before starting anything.
             let settings = server::Settings::try_from(args.as_ref())?;

@@ -1,149 +1,181 @@
-//! Counters shown at `/metrics` in the Prometheus text format.
+//! What `/metrics` shows, in the Prometheus text format, through the
+//! maintained `prometheus-client` crate. One registry per server (not a
+//! process-global recorder), so several servers in one process, as the tests
+//! run them, each count their own.
+//!
+//! Each field says why it is there. Counters are bumped from any task with
+//! `.inc()`; tests read them with `.get()`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// Process-wide counters. Cheap to bump from any task.
-#[derive(Default, Debug)]
+/// Every figure of one server.
+#[derive(Debug)]
 pub struct Metrics {
-    pub events_published: AtomicU64,
-    pub events_untyped: AtomicU64,
-    pub notifications_received: AtomicU64,
-    pub notifications_malformed: AtomicU64,
-    pub log_catch_ups: AtomicU64,
-    pub listener_reconnects: AtomicU64,
-    pub client_catch_ups: AtomicU64,
-    pub clients_closed_slow: AtomicU64,
-    pub ws_connections: AtomicI64,
-    pub ws_connections_total: AtomicU64,
-    pub client_errors: AtomicU64,
+    /// Events handed to the hub: the feed's throughput.
+    pub events_published: Counter,
+    /// PEARL rows that did not fit their type (delivered generic): schema drift to look at.
+    pub events_untyped: Counter,
+    /// Notifications on channel pgfeed: the fast path's volume.
+    pub notifications_received: Counter,
+    /// Notifications that could not be parsed (resolved from the log).
+    pub notifications_malformed: Counter,
+    /// Times the listener read the log instead of notifications: gaps, big rows, bulk transactions.
+    pub log_catch_ups: Counter,
+    /// Times the LISTEN connection was re-established: network or database trouble.
+    pub listener_reconnects: Counter,
+    /// Times a client was served from the log (resume or fell behind the ring).
+    pub client_catch_ups: Counter,
+    /// Clients closed because they stopped reading.
+    pub clients_closed_slow: Counter,
+    /// Open WebSocket and SSE connections, against the connection cap.
+    pub ws_connections: Gauge,
+    /// Connections accepted since start.
+    pub ws_connections_total: Counter,
+    /// Error messages sent to clients for bad input.
+    pub client_errors: Counter,
+    /// Bytes of events and messages queued to clients.
+    pub bytes_sent: Counter,
     /// Tokens refused (bad, expired, missing within the auth deadline).
-    pub auth_refusals: AtomicU64,
+    pub auth_refusals: Counter,
     /// Requests and upgrades refused for their Origin.
-    pub origin_refusals: AtomicU64,
+    pub origin_refusals: Counter,
     /// Client messages refused by the per-connection rate limit.
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Counter,
     /// Connections refused because the connection cap was reached.
-    pub connections_refused: AtomicU64,
-    /// Subscribes or snapshots refused for a table outside the token's scope.
-    pub forbidden: AtomicU64,
-    pub head_seq: AtomicI64,
-    /// The most events any connection has had waiting in the hub's ring.
-    pub client_lag_max: AtomicI64,
+    pub connections_refused: Counter,
+    /// Subscribes, snapshots and writes refused for a table or row outside the token's scope.
+    pub forbidden: Counter,
+    /// The last transaction delivered whole to the hub.
+    pub head_seq: Gauge,
+    /// The most events any connection has had waiting in the hub's ring (bounded by its capacity).
+    pub client_lag_max: Gauge,
+    /// Read from Postgres at each scrape: how full the NOTIFY queue is (0..1, as thousandths).
+    pub notification_queue_usage_permille: Gauge,
+    /// Read at each scrape: rows in pgfeed.events, and the oldest seq a client can resume from.
+    pub log_rows: Gauge,
+    pub log_oldest_seq: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let events_published = counter("pgfeed_events_published", "Events handed to the hub.");
+        let events_untyped = counter(
+            "pgfeed_events_untyped",
+            "PEARL events whose row did not fit its type; delivered generic.",
+        );
+        let notifications_received = counter(
+            "pgfeed_notifications_received",
+            "Notifications received on channel pgfeed.",
+        );
+        let notifications_malformed = counter(
+            "pgfeed_notifications_malformed",
+            "Notifications that could not be parsed (resolved from the log).",
+        );
+        let log_catch_ups = counter(
+            "pgfeed_log_catch_ups",
+            "Times the listener read the log instead of notifications.",
+        );
+        let listener_reconnects = counter(
+            "pgfeed_listener_reconnects",
+            "Times the LISTEN connection was re-established.",
+        );
+        let client_catch_ups = counter(
+            "pgfeed_client_catch_ups",
+            "Times a client was served from the log (resume or fell behind).",
+        );
+        let clients_closed_slow = counter(
+            "pgfeed_clients_closed_slow",
+            "Clients closed because they stopped reading.",
+        );
+        let ws_connections_total = counter("pgfeed_ws_connections", "WebSocket and SSE connections accepted.");
+        let client_errors = counter("pgfeed_client_errors", "Error messages sent to clients for bad input.");
+        let bytes_sent = counter("pgfeed_bytes_sent", "Bytes of events and messages queued to clients.");
+        let auth_refusals = counter(
+            "pgfeed_auth_refusals",
+            "Tokens refused: bad, expired, or missing past the auth deadline.",
+        );
+        let origin_refusals = counter(
+            "pgfeed_origin_refusals",
+            "Requests refused for an Origin not in PGFEED_ALLOWED_ORIGINS.",
+        );
+        let rate_limited = counter(
+            "pgfeed_rate_limited",
+            "Client messages refused by the per-connection rate limit.",
+        );
+        let connections_refused = counter(
+            "pgfeed_connections_refused",
+            "Connections refused at the connection cap.",
+        );
+        let forbidden = counter(
+            "pgfeed_forbidden",
+            "Requests refused for a table or row outside the token's scope.",
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let ws_connections = gauge("pgfeed_ws_connections_open", "Open WebSocket and SSE connections.");
+        let head_seq = gauge("pgfeed_head_seq", "Last commit position delivered to the hub.");
+        let client_lag_max = gauge(
+            "pgfeed_client_lag_max",
+            "Most events any connection has had waiting in the hub's ring (bounded by its capacity).",
+        );
+        let notification_queue_usage_permille = gauge(
+            "pgfeed_notification_queue_usage_permille",
+            "pg_notification_queue_usage() in thousandths, read at scrape time.",
+        );
+        let log_rows = gauge(
+            "pgfeed_log_rows",
+            "Rows in pgfeed.events (the planner's estimate), read at scrape time.",
+        );
+        let log_oldest_seq = gauge(
+            "pgfeed_log_oldest_seq",
+            "The oldest seq a client can resume after, read at scrape time.",
+        );
+        Metrics {
+            events_published,
+            events_untyped,
+            notifications_received,
+            notifications_malformed,
+            log_catch_ups,
+            listener_reconnects,
+            client_catch_ups,
+            clients_closed_slow,
+            ws_connections,
+            ws_connections_total,
+            client_errors,
+            bytes_sent,
+            auth_refusals,
+            origin_refusals,
+            rate_limited,
+            connections_refused,
+            forbidden,
+            head_seq,
+            client_lag_max,
+            notification_queue_usage_permille,
+            log_rows,
+            log_oldest_seq,
+            registry,
+        }
+    }
 }
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The Prometheus text exposition of every counter.
+    /// The Prometheus (OpenMetrics) text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 14] = [
-            (
-                "pgfeed_auth_refusals_total",
-                "Tokens refused: bad, expired, or missing past the auth deadline.",
-                &self.auth_refusals,
-            ),
-            (
-                "pgfeed_origin_refusals_total",
-                "Requests refused for an Origin not in PGFEED_ALLOWED_ORIGINS.",
-                &self.origin_refusals,
-            ),
-            (
-                "pgfeed_rate_limited_total",
-                "Client messages refused by the per-connection rate limit.",
-                &self.rate_limited,
-            ),
-            (
-                "pgfeed_connections_refused_total",
-                "Connections refused at the connection cap.",
-                &self.connections_refused,
-            ),
-            (
-                "pgfeed_forbidden_total",
-                "Requests refused for a table or row outside the token's scope.",
-                &self.forbidden,
-            ),
-            (
-                "pgfeed_events_published_total",
-                "Events handed to the hub.",
-                &self.events_published,
-            ),
-            (
-                "pgfeed_events_untyped_total",
-                "PEARL events whose row did not fit its type; delivered generic.",
-                &self.events_untyped,
-            ),
-            (
-                "pgfeed_notifications_received_total",
-                "Notifications received on channel pgfeed.",
-                &self.notifications_received,
-            ),
-            (
-                "pgfeed_notifications_malformed_total",
-                "Notifications that could not be parsed (resolved from the log).",
-                &self.notifications_malformed,
-            ),
-            (
-                "pgfeed_log_catch_ups_total",
-                "Times the listener read the log instead of notifications.",
-                &self.log_catch_ups,
-            ),
-            (
-                "pgfeed_listener_reconnects_total",
-                "Times the LISTEN connection was re-established.",
-                &self.listener_reconnects,
-            ),
-            (
-                "pgfeed_client_catch_ups_total",
-                "Times a client was served from the log (resume or fell behind).",
-                &self.client_catch_ups,
-            ),
-            (
-                "pgfeed_clients_closed_slow_total",
-                "Clients closed because they stopped reading.",
-                &self.clients_closed_slow,
-            ),
-            (
-                "pgfeed_client_errors_total",
-                "Error messages sent to clients for bad input.",
-                &self.client_errors,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let gauges: [(&str, &str, i64); 4] = [
-            (
-                "pgfeed_client_lag_max",
-                "Most events any connection has had waiting in the hub's ring (bounded by its capacity).",
-                self.client_lag_max.load(Ordering::Relaxed),
-            ),
-            (
-                "pgfeed_ws_connections",
-                "Open WebSocket connections.",
-                self.ws_connections.load(Ordering::Relaxed),
-            ),
-            (
-                "pgfeed_ws_connections_total",
-                "WebSocket connections accepted.",
-                self.ws_connections_total.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "pgfeed_head_seq",
-                "Last commit position delivered to the hub.",
-                self.head_seq.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-        }
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -218,18 +218,14 @@ async fn every_pearl_entity_and_every_derived_event() {
     let drifted = client.events(1).await;
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["phase"], "III");
-    assert_eq!(server.state.metrics.events_untyped.load(Ordering::Relaxed), 0);
+    assert_eq!(server.state.metrics.events_untyped.get(), 0);
     // A column pgfeed needs renamed away: still delivered (generic), and counted.
     db.exec("ALTER TABLE studies RENAME COLUMN study_label TO label; UPDATE studies SET label = 'X' WHERE id = 1")
         .await;
     let drifted = client.events(1).await;
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["label"], "X");
-    assert_eq!(
-        server.state.metrics.events_untyped.load(Ordering::Relaxed),
-        1,
-        "counted once per change"
-    );
+    assert_eq!(server.state.metrics.events_untyped.get(), 1, "counted once per change");
     server.stop().await.unwrap();
 }
 
@@ -536,7 +532,23 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
     assert_eq!(bystander.events(1).await[0]["data"]["study_label"], "still here");
     let (status, body) = common::http_get(&server, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(body.contains("pgfeed_client_errors_total"));
+    // OpenMetrics text from the registry, the database's figures read at scrape time.
+    let value = |name: &str| -> f64 {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("pgfeed_client_errors_total") >= 8.0);
+    assert!(value("pgfeed_bytes_sent_total") > 0.0);
+    assert!(value("pgfeed_events_published_total") >= 1.0);
+    assert!(value("pgfeed_head_seq") >= 1.0);
+    assert_eq!(value("pgfeed_ws_connections_open"), 1.0, "the bystander is still open");
+    assert_eq!(value("pgfeed_log_oldest_seq"), 0.0);
+    assert!(value("pgfeed_notification_queue_usage_permille") >= 0.0);
+    assert!(body.contains("pgfeed_log_rows"));
+    assert!(body.trim_end().ends_with("# EOF"));
     server.stop().await.unwrap();
 }
 
@@ -618,9 +630,9 @@ async fn heartbeats_drop_a_silent_peer_and_health_endpoints_answer() {
     live.next_of("connected").await;
     // A silent peer: connected, then never reads, so it never answers a ping.
     let silent = Client::connect(&server, "/ws").await;
-    assert_eq!(server.state.metrics.ws_connections.load(Ordering::Relaxed), 2);
+    assert_eq!(server.state.metrics.ws_connections.get(), 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.state.metrics.ws_connections.load(Ordering::Relaxed) > 1 {
+    while server.state.metrics.ws_connections.get() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "the silent peer was never dropped"

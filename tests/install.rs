@@ -239,11 +239,7 @@ async fn every_pearl_entity_written_the_apps_way_arrives_typed() {
         assert_utc_millis(&event);
     }
     assert_eq!(
-        server
-            .state
-            .metrics
-            .events_untyped
-            .load(std::sync::atomic::Ordering::Relaxed),
+        server.state.metrics.events_untyped.get(),
         0,
         "a row of PEARL's real schema was counted as untyped"
     );
@@ -406,7 +402,7 @@ async fn serve_on_a_database_with_nothing_tracked_starts_and_says_what_to_run() 
     use tokio::io::AsyncBufReadExt;
     let db = TestDb::pearl_app().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -425,7 +421,11 @@ async fn serve_on_a_database_with_nothing_tracked_starts_and_says_what_to_run() 
     })
     .await
     .expect("serve said nothing within 30 s");
-    assert!(said.contains("pgfeed track --preset pearl"), "{said}");
+    // A JSON log line, as a log pipeline reads it.
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
+    assert_eq!(said["level"], "WARN");
+    let message = said["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("pgfeed track --preset pearl"), "{message}");
     assert!(child.try_wait().unwrap().is_none(), "serve is still running");
     assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.migrations").await, 1);
 }

@@ -116,7 +116,7 @@ impl Encoder<'_> {
         if let Some(err) = misfit {
             tracing::debug!(table = %change.table, error = %err, "row does not fit its PEARL type; sent generic");
             if self.count_untyped {
-                Metrics::inc(&self.metrics.events_untyped);
+                self.metrics.events_untyped.inc();
             }
         }
         let (new_row, old_row) = (new_row.and_then(Result::ok), old_row.and_then(Result::ok));

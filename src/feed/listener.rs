@@ -141,7 +141,7 @@ impl Listener {
             match stop {
                 Stop::Shutdown => return Ok(()),
                 Stop::Lost(reason) => {
-                    Metrics::inc(&self.metrics.listener_reconnects);
+                    self.metrics.listener_reconnects.inc();
                     tracing::warn!(%reason, seq = self.last_seq, "listener lost its connection; reconnecting")
                 }
             }
@@ -174,7 +174,7 @@ impl Listener {
         self.last_seq = head;
         *self.pearl.lock().expect("pearl state lock") = pearl::State::load(head, &rows[0], &rows[1], &rows[2]);
         self.hub.set_head(head);
-        self.metrics.head_seq.store(head, Ordering::Relaxed);
+        self.metrics.head_seq.set(head);
         Ok(())
     }
 
@@ -203,11 +203,11 @@ impl Listener {
     }
 
     async fn on_notification(&mut self, payload: &str) -> sqlx::Result<()> {
-        Metrics::inc(&self.metrics.notifications_received);
+        self.metrics.notifications_received.inc();
         let notice = match Notice::parse(payload) {
             Ok(notice) => notice,
             Err(err) => {
-                Metrics::inc(&self.metrics.notifications_malformed);
+                self.metrics.notifications_malformed.inc();
                 tracing::warn!(error = %err, "malformed notification; reading the log");
                 return self.catch_up().await;
             }
@@ -261,7 +261,7 @@ impl Listener {
     /// `s` for `skip = Some((s, n))` (already delivered).
     async fn catch_up_from(&mut self, seq: i64, skip: Option<(i64, i32)>) -> sqlx::Result<()> {
         let (skip_seq, mut skip) = skip.unwrap_or((0, 0));
-        Metrics::inc(&self.metrics.log_catch_ups);
+        self.metrics.log_catch_ups.inc();
         self.pending.clear();
         let mut cursor = log::Cursor::after(seq);
         loop {
@@ -293,7 +293,7 @@ impl Listener {
             count_untyped: true,
         };
         for event in encoder.encode(change) {
-            Metrics::inc(&self.metrics.events_published);
+            self.metrics.events_published.inc();
             self.hub.publish(Arc::new(event));
         }
         self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
@@ -301,7 +301,7 @@ impl Listener {
             self.last_seq = seq;
             self.last_size = size;
             self.hub.set_head(seq);
-            self.metrics.head_seq.store(seq, Ordering::Relaxed);
+            self.metrics.head_seq.set(seq);
         }
     }
 }

@@ -160,6 +160,7 @@ impl Subscriber {
                     self.sources
                         .metrics
                         .client_lag_max
+                        .inner()
                         .fetch_max(waiting, Ordering::Relaxed);
                     self.on_live(event);
                 }
@@ -228,7 +229,7 @@ impl Subscriber {
             self.last_seq = self.last_seq.max(self.sources.hub.head());
             return;
         }
-        Metrics::inc(&self.sources.metrics.client_catch_ups);
+        self.sources.metrics.client_catch_ups.inc();
         self.replay = Some(Replay {
             cursor: Cursor::after(self.last_seq),
             pearl: None,
@@ -398,7 +399,7 @@ mod tests {
             hub.publish(event(seq, 0, 1, "t"));
         }
         assert_eq!(take(&mut s, 1).await, ["LogUnavailable"]);
-        assert_eq!(s.sources.metrics.client_catch_ups.load(Ordering::Relaxed), 1);
+        assert_eq!(s.sources.metrics.client_catch_ups.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

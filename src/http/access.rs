@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::auth::{Grant, Scope};
-use crate::metrics::Metrics;
 
 /// What a request may see and do.
 #[derive(Debug, Clone)]
@@ -43,7 +42,7 @@ impl Access {
     /// The scope for a plain HTTP request: 401 when there is none.
     pub fn require(&self, state: &AppState) -> Result<Scope, ApiError> {
         self.scope().ok_or_else(|| {
-            Metrics::inc(&state.metrics.auth_refusals);
+            state.metrics.auth_refusals.inc();
             ApiError::Unauthorized("a token is required: send Authorization: Bearer <token>".into())
         })
     }
@@ -89,7 +88,7 @@ impl FromRequestParts<AppState> for Access {
                     Some(token) => match verifier.verify(token) {
                         Ok(grant) => Access::Granted(grant),
                         Err(refusal) => {
-                            Metrics::inc(&state.metrics.auth_refusals);
+                            state.metrics.auth_refusals.inc();
                             tracing::debug!(reason = %refusal, "token refused");
                             return Err(unauthorized(&refusal.0));
                         }
@@ -123,7 +122,7 @@ pub async fn check_origin(State(state): State<AppState>, request: Request, next:
         if let Some(origin) = request.headers().get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !allowed.iter().any(|a| a == origin || a == "*") {
-                Metrics::inc(&state.metrics.origin_refusals);
+                state.metrics.origin_refusals.inc();
                 return forbidden("this origin may not connect (see PGFEED_ALLOWED_ORIGINS)");
             }
         }

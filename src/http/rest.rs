@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use super::access::Access;
 use super::{ApiError, AppState};
 use crate::feed::log;
-use crate::metrics::Metrics;
 use crate::protocol::{Envelope, ServerMessage};
 use serde_json::value::RawValue;
 
@@ -26,9 +25,30 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /metrics`: every figure, with the database's own read at scrape time
+/// (a failed read leaves the last value; the scrape still answers).
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let read: sqlx::Result<(f64, f64, i64)> = sqlx::query_as(
+        "SELECT pg_notification_queue_usage(),
+                (SELECT reltuples FROM pg_class WHERE oid = 'pgfeed.events'::regclass)::float8,
+                (SELECT pruned_through FROM pgfeed.retention)",
+    )
+    .fetch_one(&state.pool)
+    .await;
+    match read {
+        Ok((queue, rows, oldest)) => {
+            let metrics = &state.metrics;
+            metrics.notification_queue_usage_permille.set((queue * 1000.0) as i64);
+            metrics.log_rows.set(rows.max(0.0) as i64);
+            metrics.log_oldest_seq.set(oldest);
+        }
+        Err(err) => tracing::warn!(error = %err, "reading the database's figures for /metrics"),
+    }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -44,7 +64,7 @@ pub async fn table_snapshot(
     let scope = access.require(&state)?;
     let table = table.trim_end_matches('/');
     if !scope.allows_table(table) {
-        Metrics::inc(&state.metrics.forbidden);
+        state.metrics.forbidden.inc();
         return Err(ApiError::Forbidden(format!(
             "table `{table}` is outside this token's scope"
         )));

@@ -5,7 +5,6 @@
 //! heartbeats, write timeouts, closing. What to send, in which order and
 //! exactly once is the subscriber's job (`feed::subscriber`), shared with SSE.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -23,7 +22,6 @@ use crate::feed::hub::Filter;
 use crate::feed::log;
 use crate::feed::pearl::{self, Audience};
 use crate::feed::subscriber::{Next, Subscriber};
-use crate::metrics::Metrics;
 use crate::protocol::{close, Action, Envelope, ServerMessage};
 
 /// Which protocol a connection speaks.
@@ -110,7 +108,7 @@ impl Opening {
 fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response {
     // The permit lives as long as the socket's task: the cap can never be exceeded.
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        Metrics::inc(&state.metrics.connections_refused);
+        state.metrics.connections_refused.inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     let max = state.limits.max_frame;
@@ -238,13 +236,13 @@ impl Session {
         E: std::fmt::Display,
     {
         let metrics = self.state.metrics.clone();
-        metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-        Metrics::inc(&metrics.ws_connections_total);
+        metrics.ws_connections.inc();
+        metrics.ws_connections_total.inc();
         tracing::debug!(connection = %self.id, protocol = ?self.protocol, "connected");
         let end = self.serve(&mut socket, opening).await;
         let closing = match end {
             Err(End::Stuck) => {
-                Metrics::inc(&metrics.clients_closed_slow);
+                metrics.clients_closed_slow.inc();
                 tracing::info!(connection = %self.id, "closing a client that stopped reading");
                 Some((close::POLICY, "not reading"))
             }
@@ -271,7 +269,7 @@ impl Session {
                 .await;
             }
         }
-        metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+        metrics.ws_connections.dec();
         tracing::debug!(connection = %self.id, "disconnected");
     }
 
@@ -309,7 +307,7 @@ impl Session {
                     return Ok(());
                 }
                 _ = until(expires) => {
-                    Metrics::inc(&self.state.metrics.auth_refusals);
+                    self.state.metrics.auth_refusals.inc();
                     self.error(socket, "token_expired", "the token has expired; send a fresh one with auth before exp").await?;
                     return Err(End::Closed(close::UNAUTHORIZED, "token expired"));
                 }
@@ -320,7 +318,7 @@ impl Session {
                         Some(Err(err)) => {
                             let err = err.to_string();
                             if err.contains("too long") || err.contains("Space limit") {
-                                Metrics::inc(&self.state.metrics.client_errors);
+                                self.state.metrics.client_errors.inc();
                                 let _ = self.send(socket, close_frame(close::TOO_BIG, "message too big")).await;
                             }
                             return Ok(());
@@ -388,7 +386,7 @@ impl Session {
                 }
                 let scope = self.sub.scope.as_ref().expect("authenticated before any action");
                 if let Some(table) = subscription.tables.iter().flatten().find(|t| !scope.allows_table(t)) {
-                    Metrics::inc(&self.state.metrics.forbidden);
+                    self.state.metrics.forbidden.inc();
                     let message = format!(
                         "table `{}` is outside this token's scope",
                         table.chars().take(64).collect::<String>()
@@ -437,7 +435,7 @@ impl Session {
         loop {
             let incoming = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    Metrics::inc(&self.state.metrics.auth_refusals);
+                    self.state.metrics.auth_refusals.inc();
                     self.error(socket, "unauthorized", "no token arrived in time: send {\"action\":\"auth\",\"token\":…} first").await?;
                     return Err(End::Closed(close::UNAUTHORIZED, "authentication timed out"));
                 }
@@ -495,7 +493,7 @@ impl Session {
                 .await
             }
             Err(refusal) => {
-                Metrics::inc(&self.state.metrics.auth_refusals);
+                self.state.metrics.auth_refusals.inc();
                 self.error(socket, "unauthorized", &refusal.0).await?;
                 Err(End::Closed(close::UNAUTHORIZED, "token refused"))
             }
@@ -507,7 +505,7 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        Metrics::inc(&self.state.metrics.rate_limited);
+        self.state.metrics.rate_limited.inc();
         if self.bucket.flooding() {
             tracing::info!(connection = %self.id, "closing a client that floods messages");
             return Err(End::Closed(close::POLICY, "message rate exceeded"));
@@ -575,7 +573,7 @@ impl Session {
     {
         let scope = self.sub.scope.clone().expect("authenticated before any action");
         if !scope.allows_table(table) {
-            Metrics::inc(&self.state.metrics.forbidden);
+            self.state.metrics.forbidden.inc();
             let message = format!(
                 "table `{}` is outside this token's scope",
                 table.chars().take(64).collect::<String>()
@@ -643,7 +641,7 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        Metrics::inc(&self.state.metrics.client_errors);
+        self.state.metrics.client_errors.inc();
         self.reply(socket, &ServerMessage::Error { code, message }).await
     }
 
@@ -665,8 +663,9 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        self.send(socket, Message::Text(message.encode(self.envelope).into()))
-            .await
+        let text = message.encode(self.envelope);
+        self.state.metrics.bytes_sent.inc_by(text.len() as u64);
+        self.send(socket, Message::Text(text.into())).await
     }
 
     /// Queues an event's frame, in this client's envelope.
@@ -678,6 +677,7 @@ impl Session {
             Envelope::Type => event.frame.clone(),
             Envelope::Event => event.enveloped(),
         };
+        self.state.metrics.bytes_sent.inc_by(frame.len() as u64);
         self.feed(socket, Message::Text(frame)).await
     }
 

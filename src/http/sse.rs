@@ -27,7 +27,6 @@ use crate::feed::hub::Filter;
 use crate::feed::log;
 use crate::feed::pearl::Audience;
 use crate::feed::subscriber::{Next, Subscriber};
-use crate::metrics::Metrics;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct EventsQuery {
@@ -83,14 +82,14 @@ pub async fn events(
         )));
     }
     if let Some(table) = filter.tables.iter().flatten().find(|t| !scope.allows_table(t)) {
-        Metrics::inc(&state.metrics.forbidden);
+        state.metrics.forbidden.inc();
         return Err(ApiError::Forbidden(format!(
             "table `{}` is outside this token's scope",
             table.chars().take(64).collect::<String>()
         )));
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        Metrics::inc(&state.metrics.connections_refused);
+        state.metrics.connections_refused.inc();
         return Ok((StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response());
     };
 
@@ -131,7 +130,7 @@ pub async fn events(
         _ => None,
     };
     let shutdown = state.shutdown.clone();
-    Metrics::inc(&state.metrics.ws_connections_total);
+    state.metrics.ws_connections_total.inc();
     let live = stream::unfold((sub, permit, false), move |(mut sub, permit, done)| {
         let shutdown = shutdown.clone();
         async move {

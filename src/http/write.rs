@@ -15,7 +15,6 @@ use serde_json::{Map, Value};
 use super::access::Access;
 use super::{ApiError, AppState};
 use crate::auth::Scope;
-use crate::metrics::Metrics;
 
 /// A tracked table as writes see it, and what the token may write there.
 struct Target {
@@ -35,13 +34,13 @@ async fn target(state: &AppState, access: &Access, table: &str) -> Result<Target
     let scope = access.require(state)?;
     let table = table.trim_end_matches('/');
     if !scope.write {
-        Metrics::inc(&state.metrics.forbidden);
+        state.metrics.forbidden.inc();
         return Err(ApiError::Forbidden(
             "this token may not write (its pgfeed claim has no \"write\": true)".into(),
         ));
     }
     if !scope.allows_table(table) {
-        Metrics::inc(&state.metrics.forbidden);
+        state.metrics.forbidden.inc();
         return Err(ApiError::Forbidden(format!(
             "table `{table}` is outside this token's scope"
         )));
@@ -137,7 +136,7 @@ async fn run(
     let mut row: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if !target.scope.allows_row(&row) {
         tx.rollback().await?;
-        Metrics::inc(&state.metrics.forbidden);
+        state.metrics.forbidden.inc();
         return Err(ApiError::Forbidden(
             "the written row would be outside this token's scope".into(),
         ));
