@@ -30,7 +30,7 @@ pub struct Metrics {
     pub client_catch_ups: Counter,
     /// Clients closed because they stopped reading.
     pub clients_closed_slow: Counter,
-    /// Open WebSocket and SSE connections, against the connection cap.
+    /// Open WebSocket connections (SSE streams hold a cap permit too, but are not in this gauge).
     pub ws_connections: Gauge,
     /// Connections accepted since start.
     pub ws_connections_total: Counter,
@@ -125,7 +125,7 @@ impl Default for Metrics {
             registry.register(name, help, gauge.clone());
             gauge
         };
-        let ws_connections = gauge("pgfeed_ws_connections_open", "Open WebSocket and SSE connections.");
+        let ws_connections = gauge("pgfeed_ws_connections_open", "Open WebSocket connections.");
         let head_seq = gauge("pgfeed_head_seq", "Last commit position delivered to the hub.");
         let client_lag_max = gauge(
             "pgfeed_client_lag_max",
