@@ -323,13 +323,7 @@ async fn unresolved_counts_are_exact_for_a_pearl_client_that_fell_behind() {
         .await;
     // A client with a tiny receive window, unread while big comments are written:
     // far more than the socket buffers hold, so it falls behind the ring.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("ws://{}/api/v1/ws/studies", server.addr);
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let mut pearl = Client { socket };
+    let mut pearl = Client::connect_small_window(&server, "/api/v1/ws/studies").await;
     assert_eq!(pearl.next().await["type"], "studies_update");
     write_comments(&db, 200, 40_000).await;
     let messages = messages_until_marker(&db, &mut pearl).await;

@@ -185,14 +185,17 @@ async fn a_client_that_reads_slowly_gets_every_event_in_order() {
             ..Default::default()
         })
         .await;
-    let mut client = Client::subscribed(&server, json!({})).await;
-    // 2,500 events of 8 KB (each fetched from the log by the listener): far more
-    // than the socket buffers and the hub's ring hold while the client dawdles.
+    // A small receive window: the server's writes to it stall as soon as it dawdles.
+    let mut client = Client::connect_small_window(&server, "/ws").await;
+    client.next_of("connected").await;
+    client.subscribe(json!({})).await;
+    // 2,500 events of 8 KB (each fetched from the log by the listener), read at
+    // about 500 a second: far more than the socket buffers and the hub's ring hold.
     let writers = Writers::start_padded(&db.url, 4, 500, 8000);
     let mut events = client.events(10).await;
     while events.len() < 2500 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        events.extend(client.events(50.min(2500 - events.len())).await);
+        events.extend(client.events(10.min(2500 - events.len())).await);
     }
     writers.finish().await;
     events.extend(read_until_marker(&db, &mut client).await);

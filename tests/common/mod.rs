@@ -339,6 +339,18 @@ impl Client {
         events
     }
 
+    /// A client of `path` with a 4 KB receive buffer: one that does not read soon
+    /// stops the server's writes to it, so it falls behind the hub every time.
+    pub async fn connect_small_window(running: &Running, path: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(running.addr).await.unwrap();
+        let url = format!("ws://{}{path}", running.addr);
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        Client { socket }
+    }
+
     /// A `/ws` client past `connected` with `subscription` in force.
     pub async fn subscribed(running: &Running, subscription: Value) -> Client {
         let mut client = Client::connect(running, "/ws").await;
