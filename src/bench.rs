@@ -18,11 +18,36 @@ use sqlx::PgPool;
 
 use crate::db;
 
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below, one table.
+    All,
+    /// Write cost: tracked vs bare per-row NOTIFY vs plain.
+    Write,
+    /// Delivered/committed for one client at the writers' top rate, and the final lag.
+    Keepup,
+    /// Events per second streamed from the log to a client resuming from the start.
+    Replay,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// The scenario to run.
+    #[arg(value_enum, default_value_t = Scenario::All)]
+    pub scenario: Scenario,
+
     /// Postgres to measure on. Unset: a private cluster with default (durable) settings.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// A short run of every figure (1 s measurements, one round): to see it work, not to compare.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 
     /// Concurrent writers.
     #[arg(long, default_value_t = 8)]
@@ -69,43 +94,211 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    println!(
-        "pgfeed bench write: {} writers, {} s x {} rounds per variant; Postgres {}, synchronous_commit={}, fsync={}; {} cores",
+    let (seconds, rounds) = if args.quick {
+        (1, 1)
+    } else {
+        (args.seconds, args.rounds)
+    };
+    let header = format!(
+        "pgfeed bench: {} writers, {seconds} s x {rounds} rounds; Postgres {}, synchronous_commit={}, fsync={}; {} cores",
         args.writers,
-        args.seconds,
-        args.rounds,
         settings.0,
         settings.1,
         settings.2,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-
-    let drain = tokio::spawn(drain_notifications(bench_url.clone()));
-    let mut results: Vec<(&str, Vec<f64>)> = VARIANTS.iter().map(|(name, _)| (*name, Vec::new())).collect();
-    for _ in 0..args.rounds {
-        for (i, (name, _)) in VARIANTS.iter().enumerate() {
-            let tps = measure(&pool, name, args.writers, Duration::from_secs(args.seconds)).await?;
-            results[i].1.push(tps);
-        }
+    let span = Duration::from_secs(seconds);
+    let mut figures = Vec::new();
+    let wants = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
+    if wants(Scenario::Write) {
+        figures.extend(write_cost(&pool, &bench_url, args.writers, span, rounds).await?);
     }
-    drain.abort();
-
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    for ((name, what), (_, runs)) in VARIANTS.iter().zip(&results) {
-        let each: Vec<String> = runs.iter().map(|t| format!("{t:.0}")).collect();
-        println!(
-            "  {name:<12} {:>8.0} tx/s   ({what}; runs: {})",
-            mean(runs),
-            each.join(", ")
+    if wants(Scenario::Keepup) || wants(Scenario::Replay) {
+        figures.extend(
+            delivery(
+                &pool,
+                &bench_url,
+                args.writers,
+                span,
+                wants(Scenario::Keepup),
+                wants(Scenario::Replay),
+            )
+            .await?,
         );
     }
-    let (plain, bare, tracked) = (mean(&results[0].1), mean(&results[1].1), mean(&results[2].1));
-    println!("  tracked / bare_notify = {:.2}   (target >= 0.85)", tracked / bare);
-    println!("  tracked / plain       = {:.2}", tracked / plain);
+    if args.json {
+        println!("{}", serde_json::json!({"setup": header, "figures": figures}));
+    } else {
+        println!("{header}");
+        println!(
+            "  {:<10} {:<46} {:>12} {:>14} {:>8}  target",
+            "scenario", "figure", "value", "reference", "ratio"
+        );
+        for f in &figures {
+            println!(
+                "  {:<10} {:<46} {:>12.1} {:>14} {:>8}  {}",
+                f.scenario,
+                f.figure,
+                f.value,
+                f.reference.map_or("-".into(), |r| format!("{r:.1}")),
+                f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                f.target
+            );
+        }
+    }
     pool.close().await;
     drop(database);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// One line of the table: a figure beside its reference from the same run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figure {
+    pub scenario: &'static str,
+    pub figure: String,
+    pub value: f64,
+    pub reference: Option<f64>,
+    pub ratio: Option<f64>,
+    pub target: &'static str,
+}
+
+/// Write cost: the three tables take turns for `rounds` rounds.
+async fn write_cost(pool: &PgPool, url: &str, writers: usize, span: Duration, rounds: usize) -> Result<Vec<Figure>> {
+    let drain = tokio::spawn(drain_notifications(url.to_string()));
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
+    for _ in 0..rounds {
+        for (i, (name, _)) in VARIANTS.iter().enumerate() {
+            results[i].push(measure(pool, name, writers, span).await?);
+        }
+    }
+    drain.abort();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (plain, bare, tracked) = (mean(&results[0]), mean(&results[1]), mean(&results[2]));
+    let runs = |v: &[f64]| v.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ");
+    Ok(vec![
+        Figure {
+            scenario: "write",
+            figure: format!("tracked tx/s vs bare NOTIFY ({})", runs(&results[2])),
+            value: tracked,
+            reference: Some(bare),
+            ratio: Some(tracked / bare),
+            target: ">= 0.85",
+        },
+        Figure {
+            scenario: "write",
+            figure: format!("tracked tx/s vs plain ({})", runs(&results[0])),
+            value: tracked,
+            reference: Some(plain),
+            ratio: Some(tracked / plain),
+            target: "report",
+        },
+    ])
+}
+
+/// Keeping up and replay, against a server of this process: one client follows
+/// the writers at their top rate; afterwards another replays it all from the log.
+async fn delivery(
+    pool: &PgPool,
+    url: &str,
+    writers: usize,
+    span: Duration,
+    keepup: bool,
+    replay: bool,
+) -> Result<Vec<Figure>> {
+    use futures_util::{SinkExt, StreamExt};
+    let server = crate::server::start(url, crate::server::Settings::default()).await?;
+    let ws = format!("ws://{}/ws", server.addr);
+    let start: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
+    let (mut follower, _) = tokio_tungstenite::connect_async(&ws).await?;
+    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+    follower
+        .send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into()))
+        .await?;
+    // The client's count of events and the last seq it saw, as they come.
+    let received = Arc::new(AtomicU64::new(0));
+    let last_seen = Arc::new(std::sync::atomic::AtomicI64::new(start));
+    let counting = {
+        let (received, last_seen) = (received.clone(), last_seen.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = follower.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    if text.contains("\"table\":\"bench_tracked\"") {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                            last_seen.fetch_max(v["seq"].as_i64().unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    measure(pool, "tracked", writers, span).await?;
+    let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
+    let committed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pgfeed.commits c JOIN pgfeed.events e USING (tx) WHERE c.seq > $1")
+            .bind(start)
+            .fetch_one(pool)
+            .await?;
+    // Up to 10 s for the last events to arrive.
+    for _ in 0..100 {
+        if received.load(Ordering::Relaxed) as i64 >= committed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counting.abort();
+    let mut figures = Vec::new();
+    let delivered = received.load(Ordering::Relaxed) as f64;
+    if keepup {
+        let lag = head - last_seen.load(Ordering::Relaxed);
+        figures.push(Figure {
+            scenario: "keepup",
+            figure: format!("events received / committed (final lag {lag} tx)"),
+            value: delivered,
+            reference: Some(committed as f64),
+            ratio: Some(delivered / committed.max(1) as f64),
+            target: ">= 0.99, lag 0",
+        });
+    }
+    if replay {
+        let (mut resumer, _) = tokio_tungstenite::connect_async(&ws).await?;
+        let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+        resumer
+            .send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into()))
+            .await?;
+        let resume = format!(r#"{{"action":"resume","after":{start}}}"#);
+        let started = std::time::Instant::now();
+        resumer
+            .send(tokio_tungstenite::tungstenite::Message::Text(resume.into()))
+            .await?;
+        let mut events = 0i64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while events < committed {
+            let next = tokio::time::timeout_at(deadline, resumer.next()).await;
+            match next {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                    if text.contains("\"table\":\"bench_tracked\"") {
+                        events += 1;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        figures.push(Figure {
+            scenario: "replay",
+            figure: format!("events/s from the log ({events} events)"),
+            value: rate,
+            reference: None,
+            ratio: None,
+            target: ">= 100000",
+        });
+    }
+    server.stop().await?;
+    Ok(figures)
 }
 
 async fn setup(pool: &PgPool) -> Result<()> {

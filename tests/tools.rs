@@ -325,3 +325,29 @@ async fn simulate_and_serve_share_the_embedded_cluster() {
     }
     pool.close().await;
 }
+
+#[tokio::test]
+async fn bench_quick_reports_every_figure() {
+    // It measures; this checks only that every figure is there and positive, never its value.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+        .args(["bench", "--quick", "--json"])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["setup"].as_str().unwrap().contains("fsync="));
+    let figures = report["figures"].as_array().unwrap();
+    let scenarios: Vec<&str> = figures.iter().map(|f| f["scenario"].as_str().unwrap()).collect();
+    assert_eq!(scenarios, ["write", "write", "keepup", "replay"]);
+    for figure in figures {
+        assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+        if let Some(reference) = figure["reference"].as_f64() {
+            assert!(reference > 0.0, "{figure}");
+            assert!(figure["ratio"].as_f64().unwrap() > 0.0, "{figure}");
+        }
+        assert!(!figure["target"].as_str().unwrap().is_empty());
+    }
+}
