@@ -103,6 +103,11 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// `exp` as a timer deadline; `None` for a grant that never expires (no token).
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        (self.expires_at != u64::MAX).then(|| tokio::time::Instant::now() + self.remaining())
+    }
+
     /// How long until `exp` (zero when past).
     pub fn remaining(&self) -> Duration {
         let now = SystemTime::now()

@@ -67,6 +67,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// How many tables, types and `where` values it names (the subscription limit counts these).
+    pub fn size(&self) -> usize {
+        self.tables.as_ref().map_or(0, |t| t.len())
+            + self.types.as_ref().map_or(0, |t| t.len())
+            + self
+                .where_
+                .as_ref()
+                .map_or(0, |w| w.values().map(|v| v.as_array().map_or(1, |a| a.len())).sum())
+    }
+
     /// `unsubscribe {types}`: stops only these types.
     pub fn drop_types(&mut self, types: &HashSet<String>) {
         match &mut self.types {

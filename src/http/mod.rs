@@ -100,6 +100,14 @@ impl AppState {
     }
 }
 
+/// Resolves at `at`, or never (a token's expiry, for sockets and SSE streams).
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The router, apart from serving, so tests can drive it directly.
 pub fn app(state: AppState) -> Router {
     Router::new()

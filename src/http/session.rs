@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::access::{self, Access};
-use super::AppState;
+use super::{until, AppState};
 use crate::feed::event::Event;
 use crate::feed::hub::Filter;
 use crate::feed::log;
@@ -214,7 +214,7 @@ impl Session {
             });
         }
         let expires = match &opening.access {
-            Access::Granted(grant) => expiry(grant),
+            Access::Granted(grant) => grant.deadline(),
             _ => None,
         };
         Session {
@@ -371,12 +371,7 @@ impl Session {
                 .await
             }
             (Protocol::General, Action::Subscribe(subscription)) => {
-                let size = subscription.tables.as_ref().map_or(0, |t| t.len())
-                    + subscription.types.as_ref().map_or(0, |t| t.len())
-                    + subscription
-                        .where_
-                        .as_ref()
-                        .map_or(0, |w| w.values().map(|v| v.as_array().map_or(1, |a| a.len())).sum());
+                let size = Filter::from(subscription.clone()).size();
                 if size > self.state.limits.max_subscriptions {
                     let message = format!(
                         "this subscription names {size} tables, types and values; the most is {}",
@@ -482,7 +477,7 @@ impl Session {
                 if let Some(ids) = self.workspace.clone() {
                     grant.scope.narrow("workspace_id", ids);
                 }
-                self.expires = expiry(&grant);
+                self.expires = grant.deadline();
                 self.sub.scope = Some(grant.scope);
                 self.reply(
                     socket,
@@ -721,17 +716,4 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
-}
-
-/// When a grant's token expires, as a timer deadline (`None`: never).
-fn expiry(grant: &crate::auth::Grant) -> Option<tokio::time::Instant> {
-    (grant.expires_at != u64::MAX).then(|| tokio::time::Instant::now() + grant.remaining())
-}
-
-/// Resolves at `at`, or never.
-async fn until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::access::Access;
-use super::{ApiError, AppState};
+use super::{until, ApiError, AppState};
 use crate::feed::hub::Filter;
 use crate::feed::log;
 use crate::feed::pearl::Audience;
@@ -72,12 +72,10 @@ pub async fn events(
         where_,
         ..Filter::default()
     };
-    let size = filter.tables.as_ref().map_or(0, |t| t.len())
-        + filter.types.as_ref().map_or(0, |t| t.len())
-        + filter.where_.as_ref().map_or(0, |w| w.len());
+    let size = filter.size();
     if size > state.limits.max_subscriptions {
         return Err(ApiError::BadRequest(format!(
-            "this subscription names {size} tables, types and columns; the most is {}",
+            "this subscription names {size} tables, types and values; the most is {}",
             state.limits.max_subscriptions
         )));
     }
@@ -126,7 +124,7 @@ pub async fn events(
         }
     }
     let expires = match &access {
-        Access::Granted(grant) if grant.expires_at != u64::MAX => Some(tokio::time::Instant::now() + grant.remaining()),
+        Access::Granted(grant) => grant.deadline(),
         _ => None,
     };
     let shutdown = state.shutdown.clone();
@@ -167,12 +165,4 @@ pub async fn events(
     let events = stream::iter(opening).chain(live).map(Ok::<_, Infallible>);
     let heartbeat = KeepAlive::new().interval(state.limits.heartbeat).text("heartbeat");
     Ok(Sse::new(events).keep_alive(heartbeat).into_response())
-}
-
-/// Resolves at `at`, or never.
-async fn until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
