@@ -18,6 +18,13 @@ pub mod defaults {
     pub const MAX_FRAME: usize = 64 * 1024;
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const HUB_CAPACITY: usize = 8192;
+    /// A WebSocket's read buffer, allocated when it opens: clients send small
+    /// JSON messages, and tungstenite's default (128 KiB) was almost all of an
+    /// idle connection's memory. A larger message grows it while it is read.
+    pub const WS_READ_BUFFER: usize = 1024;
+    /// Frames are gathered up to this size before a write; the session flushes
+    /// whenever nothing more is waiting, so it only bounds a burst's batch.
+    pub const WS_WRITE_BUFFER: usize = 16 * 1024;
     pub const CLIENT_WRITE_TIMEOUT: &str = "30s";
     pub const DB_POOL: u32 = 16;
     pub const MAX_MESSAGE_RATE: u32 = 20;
@@ -65,6 +72,9 @@ pub enum Command {
     Uninstall(UninstallArgs),
     /// Measure write cost against the reference designs (figures, never assertions).
     Bench(crate::bench::BenchArgs),
+    /// A bare reference server for `bench` (its own process, so its memory is its own).
+    #[command(hide = true)]
+    BenchPeer(crate::bench::peer::PeerArgs),
     /// Print a server's events as they happen (reconnects and resumes by itself).
     Tail(crate::client::TailArgs),
     /// Write realistic PEARL activity (studies, trackers, comment threads, …) at a steady rate.

@@ -341,7 +341,12 @@ async fn bench_quick_reports_every_figure() {
     assert!(report["setup"].as_str().unwrap().contains("fsync="));
     let figures = report["figures"].as_array().unwrap();
     let scenarios: Vec<&str> = figures.iter().map(|f| f["scenario"].as_str().unwrap()).collect();
-    assert_eq!(scenarios, ["write", "write", "keepup", "replay"]);
+    let mut distinct = scenarios.clone();
+    distinct.dedup();
+    assert_eq!(distinct, ["write", "keepup", "replay", "latency", "fanout", "memory"]);
+    // Every write path beside the references, and both fan-out figures at 1,000 clients.
+    assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 6, "{figures:?}");
+    assert_eq!(scenarios.iter().filter(|s| **s == "fanout").count(), 2, "{figures:?}");
     for figure in figures {
         assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
         if let Some(reference) = figure["reference"].as_f64() {

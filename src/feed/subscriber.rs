@@ -143,7 +143,7 @@ impl Subscriber {
                 return next;
             }
             if self.replay.is_some() {
-                if let Err(err) = self.replay_page().await {
+                if let Err(err) = Box::pin(self.replay_page()).await {
                     tracing::error!(error = %err, "reading the log for a client");
                     self.replay = None;
                     return Next::LogUnavailable;

@@ -114,13 +114,17 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response 
     let max = state.limits.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
+        .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER)
         .on_upgrade(move |socket: WebSocket| {
-            let sockets = state.sockets.clone();
-            sockets.track_future(async move {
-                let _permit = permit;
-                let session = Session::new(state, &opening);
-                session.run(socket, opening).await;
-            })
+            // No async block around `run`: it would hold a second copy of the
+            // session and socket in every idle connection's task.
+            let session = Session::new(state, &opening);
+            session
+                .state
+                .sockets
+                .clone()
+                .track_future(session.run(socket, opening, permit))
         })
 }
 
@@ -230,7 +234,8 @@ impl Session {
     }
 
     /// Serves the connection until the client leaves, stops reading, or the server shuts down.
-    async fn run<S, E>(mut self, mut socket: S, opening: Opening)
+    /// `permit` is the connection's place under the cap, given back when the session ends.
+    async fn run<S, E>(mut self, mut socket: S, opening: Opening, permit: tokio::sync::OwnedSemaphorePermit)
     where
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: std::fmt::Display,
@@ -270,6 +275,7 @@ impl Session {
             }
         }
         metrics.ws_connections.dec();
+        drop(permit);
         tracing::debug!(connection = %self.id, "disconnected");
     }
 
@@ -279,7 +285,7 @@ impl Session {
         E: std::fmt::Display,
     {
         if self.sub.scope.is_none() {
-            self.authenticate_first(socket).await?;
+            Box::pin(self.authenticate_first(socket)).await?;
         }
         match self.protocol {
             Protocol::General => {
@@ -289,10 +295,10 @@ impl Session {
                 };
                 self.reply(socket, &hello).await?;
                 if let Some(after) = opening.after {
-                    self.resume(socket, after).await?;
+                    Box::pin(self.resume(socket, after)).await?;
                 }
             }
-            Protocol::Pearl => self.studies_update(socket).await?,
+            Protocol::Pearl => Box::pin(self.studies_update(socket)).await?,
         }
         let heartbeat = self.state.limits.heartbeat;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -324,7 +330,7 @@ impl Session {
                             return Ok(());
                         }
                         Some(Ok(Message::Text(_) | Message::Binary(_))) if !self.bucket.take() => self.rate_limited(socket).await?,
-                        Some(Ok(Message::Text(message))) => self.on_message(socket, &message).await?,
+                        Some(Ok(Message::Text(message))) => Box::pin(self.on_message(socket, &message)).await?,
                         Some(Ok(Message::Binary(_))) => {
                             self.error(socket, "bad_request", "binary frames are not supported; send JSON text").await?
                         }

@@ -1,0 +1,97 @@
+//! Keeping up and replay, against a server of this process: one client follows
+//! the writers at their top rate; afterwards another replays it all from the log.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{write, Figure, Setup};
+
+pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure>> {
+    let pool = &setup.pool;
+    let server = crate::server::start(&setup.url, crate::server::Settings::default()).await?;
+    let ws = format!("ws://{}/ws", server.addr);
+    let start: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
+    let (mut follower, _) = tokio_tungstenite::connect_async(&ws).await?;
+    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+    follower.send(Message::Text(subscribe.into())).await?;
+    // The client's count of events and the last seq it saw, as they come.
+    let received = Arc::new(AtomicU64::new(0));
+    let last_seen = Arc::new(AtomicI64::new(start));
+    let counting = {
+        let (received, last_seen) = (received.clone(), last_seen.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = follower.next().await {
+                if let Message::Text(text) = message {
+                    if text.contains("\"table\":\"bench_tracked\"") {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                            last_seen.fetch_max(v["seq"].as_i64().unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write::measure(pool, "tracked", setup.writers, setup.span).await?;
+    let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
+    let committed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pgfeed.commits c JOIN pgfeed.events e USING (tx) WHERE c.seq > $1")
+            .bind(start)
+            .fetch_one(pool)
+            .await?;
+    // Up to 10 s for the last events to arrive.
+    for _ in 0..100 {
+        if received.load(Ordering::Relaxed) as i64 >= committed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counting.abort();
+    let mut figures = Vec::new();
+    let delivered = received.load(Ordering::Relaxed) as f64;
+    if keepup {
+        let lag = head - last_seen.load(Ordering::Relaxed);
+        figures.push(Figure::versus(
+            "keepup",
+            format!("events received / committed (final lag {lag} tx)"),
+            delivered,
+            committed.max(1) as f64,
+            ">= 0.99, lag 0",
+        ));
+    }
+    if replay {
+        let (mut resumer, _) = tokio_tungstenite::connect_async(&ws).await?;
+        resumer.send(Message::Text(subscribe.into())).await?;
+        let resume = format!(r#"{{"action":"resume","after":{start}}}"#);
+        let started = std::time::Instant::now();
+        resumer.send(Message::Text(resume.into())).await?;
+        let mut events = 0i64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while events < committed {
+            match tokio::time::timeout_at(deadline, resumer.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if text.contains("\"table\":\"bench_tracked\"") {
+                        events += 1;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        figures.push(Figure::alone(
+            "replay",
+            format!("events/s from the log ({events} events)"),
+            rate,
+            ">= 100000",
+        ));
+    }
+    server.stop().await?;
+    Ok(figures)
+}

@@ -1,0 +1,213 @@
+//! What the socket scenarios stand on: servers in processes of their own (so a
+//! server's memory and CPU are its own, not the clients'), the bare reference
+//! servers, and client sockets spread over loopback addresses.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Client sockets per loopback source address: one address has about 28,000
+/// ephemeral ports towards one server port, so larger runs use 127.0.0.2, ….
+const SOCKETS_PER_ADDRESS: usize = 20_000;
+
+/// A server in a child process, stopped when dropped.
+pub struct Peer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// `pgfeed serve` on `url`, on a free loopback port, with room for `clients` connections.
+    pub async fn pgfeed(url: &str, clients: usize) -> Result<Peer> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--max-connections"])
+            .arg((clients + 16).to_string())
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "warn");
+        Peer::spawn(command, "pgfeed listening on http://").await
+    }
+
+    /// The bare reference server of this binary (`pgfeed bench-peer <kind>`).
+    pub async fn reference(kind: PeerKind) -> Result<Peer> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("bench-peer")
+            .arg(kind.to_possible_value().expect("named").get_name());
+        Peer::spawn(command, "listening on ").await
+    }
+
+    async fn spawn(mut command: Command, marker: &str) -> Result<Peer> {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("starting a server process")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split_once(marker).map(|(_, rest)| rest) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    return addr.parse::<SocketAddr>().context("server address");
+                }
+            }
+            bail!("the server exited before saying where it listens")
+        })
+        .await
+        .context("the server did not start within 30 s")??;
+        // Keep reading its stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Peer { child, addr })
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("the server has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// Sends the reference fan-out server a line of its control protocol.
+    pub async fn tell(&mut self, line: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.child.stdin.as_mut().context("no stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+}
+
+/// A TCP connection to `addr` from loopback source address number `i / SOCKETS_PER_ADDRESS`.
+pub async fn connect(i: usize, addr: SocketAddr) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / SOCKETS_PER_ADDRESS) as u8);
+    socket.bind((source, 0).into())?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Small buffers: ten thousand of these live in the bench process.
+pub fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+pub type Client = WebSocketStream<TcpStream>;
+
+/// A WebSocket client of `ws://addr{path}`, as connection number `i`.
+pub async fn ws_connect(i: usize, addr: SocketAddr, path: &str) -> Result<Client> {
+    let stream = connect(i, addr).await?;
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await?;
+    Ok(ws)
+}
+
+/// Opens `n` connections with `open`, a few hundred at a time (a listen backlog
+/// is finite), in connection order.
+pub async fn open_many<T, F, Fut>(n: usize, open: F) -> Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut opened = Vec::with_capacity(n);
+    let mut pending = futures_util::stream::iter((0..n).map(open)).buffered(256);
+    while let Some(next) = pending.next().await {
+        opened.push(next?);
+    }
+    Ok(opened)
+}
+
+/// The reference servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerKind {
+    /// Accepts plain TCP connections and holds them, reading nothing: the floor for memory.
+    Tcp,
+    /// Accepts WebSocket connections; on `send N LEN` (stdin) writes N pre-encoded
+    /// text frames of LEN bytes to every connection: the floor for fan-out.
+    Fanout,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    #[arg(value_enum)]
+    pub kind: PeerKind,
+}
+
+/// `pgfeed bench-peer`: runs a reference server until its stdin closes.
+pub async fn serve_reference(args: PeerArgs) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on {}", listener.local_addr()?);
+    let (frames_tx, frames_rx) = tokio::sync::watch::channel(Arc::new(Vec::<Utf8Bytes>::new()));
+    let kind = args.kind;
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            match kind {
+                PeerKind::Tcp => held.push(stream),
+                PeerKind::Fanout => {
+                    let mut frames = frames_rx.clone();
+                    tokio::spawn(async move {
+                        let config = WebSocketConfig::default()
+                            .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
+                            .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER);
+                        let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
+                            return;
+                        };
+                        loop {
+                            tokio::select! {
+                                changed = frames.changed() => {
+                                    if changed.is_err() { return; }
+                                    let batch = frames.borrow_and_update().clone();
+                                    for frame in batch.iter() {
+                                        if ws.feed(Message::Text(frame.clone())).await.is_err() { return; }
+                                    }
+                                    if ws.flush().await.is_err() { return; }
+                                }
+                                incoming = ws.next() => if incoming.is_none() { return; },
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = stdin.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["send", n, len] = words[..] {
+            let (n, len): (usize, usize) = (n.parse()?, len.parse()?);
+            let frames = (0..n)
+                .map(|i| {
+                    let mut text = format!("{{\"type\":\"bench\",\"i\":{i},\"pad\":\"");
+                    let pad = len.saturating_sub(text.len() + 2);
+                    text.extend(std::iter::repeat_n('x', pad));
+                    text.push_str("\"}");
+                    Utf8Bytes::from(text)
+                })
+                .collect();
+            frames_tx.send_replace(Arc::new(frames));
+        }
+    }
+    accepting.abort();
+    Ok(())
+}
