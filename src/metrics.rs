@@ -22,8 +22,12 @@ pub struct Metrics {
     pub notifications_received: Counter,
     /// Notifications that could not be parsed (resolved from the log).
     pub notifications_malformed: Counter,
-    /// Times the listener read the log instead of notifications: gaps, big rows, bulk transactions.
+    /// Times the listener read the log: after each tick that gave seqs, on a
+    /// follower's `{"seq"}` notice, after a reconnect.
     pub log_catch_ups: Counter,
+    /// Ticks this listener ran (it leads): with `log_catch_ups`, how much of
+    /// the sequencer's polling found work.
+    pub ticks: Counter,
     /// Times the LISTEN connection was re-established: network or database trouble.
     pub listener_reconnects: Counter,
     /// Times a client was served from the log (resume or fell behind the ring).
@@ -81,9 +85,10 @@ impl Default for Metrics {
             "pgfeed_notifications_malformed",
             "Notifications that could not be parsed (resolved from the log).",
         );
-        let log_catch_ups = counter(
-            "pgfeed_log_catch_ups",
-            "Times the listener read the log instead of notifications.",
+        let log_catch_ups = counter("pgfeed_log_catch_ups", "Times the listener read the log.");
+        let ticks = counter(
+            "pgfeed_ticks",
+            "Ticks (commit sequencing rounds) this instance ran as the leader.",
         );
         let listener_reconnects = counter(
             "pgfeed_listener_reconnects",
@@ -149,6 +154,7 @@ impl Default for Metrics {
             notifications_received,
             notifications_malformed,
             log_catch_ups,
+            ticks,
             listener_reconnects,
             client_catch_ups,
             clients_closed_slow,

@@ -1,5 +1,6 @@
 //! The database contract (DESIGN §2): every write to a tracked table becomes a
-//! log row and a notification, in commit order, whoever writes it.
+//! log row, and every committed transaction a seq in commit order (given by a
+//! tick, as a server's listener runs them), whoever writes it.
 
 mod common;
 
@@ -9,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
-use serde_json::Value;
 
 const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
-async fn each_pearl_table_gives_one_log_row_and_one_notification_per_write() {
+async fn each_pearl_table_gives_one_log_row_per_write() {
     let db = TestDb::new().await;
     let mut notes = db.listen().await;
     // (table, prefix, column to update, new value)
@@ -170,29 +170,36 @@ async fn a_transaction_is_one_seq_in_statement_order_and_rollbacks_send_nothing(
 }
 
 #[tokio::test]
-async fn set_constraints_immediate_and_later_writes_keep_one_seq() {
+async fn a_transaction_gets_its_seq_when_it_commits_not_when_it_writes() {
     let db = TestDb::new().await;
     let mut notes = db.listen().await;
-    db.exec(
-        "BEGIN;
-         SET CONSTRAINTS ALL IMMEDIATE;
-         INSERT INTO studies (study_label) VALUES ('first');
-         INSERT INTO studies (study_label) VALUES ('second');
-         COMMIT;",
-    )
-    .await;
-    // The seq is taken at the first statement's end; each later write announces
-    // the grown size again, and the listener reads the transaction from the log.
-    let mut raw = Vec::new();
-    while let Some(n) = notes.next_raw_within(QUIET).await {
-        raw.push(n);
-    }
-    let commits: Vec<&Value> = raw.iter().filter(|n| n.get("commit").is_some()).collect();
-    assert_eq!(commits.len(), 2, "{raw:?}");
-    assert_eq!(commits[0]["seq"], commits[1]["seq"]);
-    assert_eq!(commits.last().unwrap()["tx_size"], 2);
-    assert_eq!(db.scalar_i64("SELECT size FROM pgfeed.commits").await, 2);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.events").await, 2);
+    // `early` writes first and commits last: it must come after `late`, which a
+    // reader could see before it (an id cursor would skip it: hasura #8632).
+    let mut early = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO studies (study_label) VALUES ('early')")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    db.exec("SET CONSTRAINTS ALL IMMEDIATE; INSERT INTO studies (study_label) VALUES ('late')")
+        .await;
+    let late = notes.next().await;
+    assert_eq!(late["new"]["study_label"], "late");
+    assert!(
+        notes.next_within(QUIET).await.is_none(),
+        "an open transaction got a seq"
+    );
+    early.commit().await.unwrap();
+    let early = notes.next().await;
+    assert_eq!(early["new"]["study_label"], "early");
+    assert_eq!(early["seq"].as_i64().unwrap(), late["seq"].as_i64().unwrap() + 1);
+    assert!(
+        early["id"].as_i64().unwrap() < late["id"].as_i64().unwrap(),
+        "logged first, sequenced second"
+    );
+    // A second tick with nothing new gives nothing and leaves the head alone.
+    let head = db.tick().await;
+    assert_eq!(db.tick().await, head);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.commits").await, head);
 }
 
 #[tokio::test]
@@ -203,6 +210,17 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
     let mut notes = db.listen().await;
 
     let done = Arc::new(AtomicBool::new(false));
+    // A sequencer ticking while they write, as a server's listener does.
+    let ticker = {
+        let pool = db.pool.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                common::tick(&pool).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
     // A reader that can see seq N must see every seq below it: check while writes run.
     let observer = {
         let pool = db.pool.clone();
@@ -251,6 +269,7 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
     }
     done.store(true, Ordering::SeqCst);
     assert!(observer.await.unwrap() > 0);
+    ticker.await.unwrap();
 
     let mut received = Vec::new();
     while received.len() < WRITERS * TXS * 2 {
@@ -276,28 +295,21 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
 }
 
 #[tokio::test]
-async fn a_one_megabyte_row_is_announced_with_fetch_and_logged_whole() {
+async fn a_one_megabyte_row_is_logged_whole_and_sends_nothing_by_itself() {
     let db = TestDb::new().await;
+    let mut raw = db.raw_listener().await;
     let mut notes = db.listen().await;
     db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('0123456789abcdef', 65536)")
         .await;
     let n = notes.next().await;
-    assert_eq!(n["fetch"], true);
-    assert!(n.get("new").is_none(), "an oversized payload must not carry the row");
     assert_eq!(n["table"], "text_elements");
-    let logged = db
-        .scalar_i64(&format!(
-            "SELECT length(new->>'label') FROM pgfeed.events WHERE id = {}",
-            n["id"]
-        ))
-        .await;
-    assert_eq!(logged, 1 << 20);
-    // A row just under the limit still travels in the notification.
-    db.exec("INSERT INTO text_elements (type, label) SELECT 'footnote', repeat('x', 7000)")
-        .await;
-    let small = notes.next().await;
-    assert!(small.get("fetch").is_none());
-    assert_eq!(small["new"]["label"].as_str().unwrap().len(), 7000);
+    assert_eq!(n["new"]["label"].as_str().unwrap().len(), 1 << 20);
+    // No payload carries rows (Postgres caps one at 8000 bytes): only the tick's announcement.
+    let announced = tokio::time::timeout(Duration::from_secs(2), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(announced.payload(), format!(r#"{{"seq":{}}}"#, n["seq"]));
 }
 
 #[tokio::test]
@@ -386,34 +398,56 @@ async fn actor_track_untrack_and_truncate() {
 }
 
 #[tokio::test]
-async fn a_fifty_thousand_row_update_is_one_seq_and_one_summary() {
+async fn a_fifty_thousand_row_update_is_one_seq_and_at_most_one_wake_up() {
     let db = TestDb::new().await;
     db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 50000) g")
         .await;
-    let mut notes = db.listen().await;
+    db.tick().await;
+    let mut raw = db.raw_listener().await;
+    // A sequencer waiting for work holds this lock: writers then wake it, once per transaction.
+    let mut waiting = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(1885824613, 1)")
+        .execute(&mut *waiting)
+        .await
+        .unwrap();
     db.exec("UPDATE text_elements SET label = label || '!'").await;
-    let mut raw = Vec::new();
-    while let Some(n) = notes.next_raw_within(Duration::from_secs(1)).await {
-        raw.push(n);
-    }
-    // The first 100 rows, then the commit: the listener pages the log for the rest.
-    assert_eq!(
-        raw.len(),
-        101,
+    let wake = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(wake.payload(), "", "a wake-up carries nothing");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), raw.recv()).await.is_err(),
         "a bulk transaction must not send a notification per row"
     );
-    let summary: &Value = &raw[100];
-    assert_eq!(summary["commit"], true);
-    assert_eq!(summary["tx_size"], 50000);
-    assert!(raw[..100]
-        .iter()
-        .enumerate()
-        .all(|(i, n)| n["tx_index"] == i && n["op"] == "UPDATE"));
-    let seq = summary["seq"].as_i64().unwrap();
-    let logged = db
-        .scalar_i64(&format!("SELECT count(*) FROM pgfeed.events e JOIN pgfeed.commits c USING (tx) WHERE c.seq = {seq} AND e.op = 'UPDATE'"))
+    // While the sequencer ticks (nobody holds the lock), writers send nothing at all.
+    sqlx::query("SELECT pg_advisory_unlock(1885824613, 1)")
+        .execute(&mut *waiting)
+        .await
+        .unwrap();
+    db.exec("UPDATE text_elements SET label = label || '?' WHERE id <= 10")
         .await;
-    assert_eq!(logged, 50000);
+    assert!(tokio::time::timeout(Duration::from_secs(1), raw.recv()).await.is_err());
+
+    let seq = db.tick().await - 1;
+    let announced = tokio::time::timeout(Duration::from_secs(2), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        announced.payload(),
+        format!(r#"{{"seq":{}}}"#, seq + 1),
+        "one announcement per tick"
+    );
+    let (size, logged): (i32, i64) = sqlx::query_as(
+        "SELECT c.size, count(*) FROM pgfeed.events e JOIN pgfeed.commits c USING (tx)
+          WHERE c.seq = $1 AND e.op = 'UPDATE' GROUP BY c.size",
+    )
+    .bind(seq)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((size, logged), (50000, 50000));
 }
 
 #[tokio::test]
@@ -422,6 +456,7 @@ async fn prune_removes_old_transactions_and_nothing_newer() {
     for i in 0..10 {
         db.exec(&format!("INSERT INTO studies (study_label) VALUES ('s{i}')"))
             .await;
+        db.tick().await;
     }
     db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days' WHERE seq <= 4")
         .await;
@@ -459,7 +494,11 @@ fn the_embedded_cluster_starts_and_runs_unprivileged() {
             .unwrap();
         let pool = pgfeed::db::pool(&cluster.url("pgfeed"), 1).await.unwrap();
         let applied = pgfeed::install::demo(&pool).await.unwrap();
-        assert_eq!(applied.len(), 2, "the demo schema and the capture schema");
+        assert_eq!(
+            applied.len(),
+            1 + pgfeed::db::migrate::CAPTURE.migrations.len(),
+            "the demo schema and the capture schema"
+        );
         let version: i64 = sqlx::query_scalar("SELECT current_setting('server_version_num')::bigint")
             .fetch_one(&pool)
             .await

@@ -285,7 +285,7 @@ async fn unresolved_counts_are_exact_on_resume_from_an_earlier_seq() {
     db.exec("INSERT INTO reporting_effort_items (id, reporting_effort_id, item_type, item_subtype, item_code) VALUES (2, 1, 'TLF', 'Table', 't_ae');
              INSERT INTO reporting_effort_item_tracker (id, reporting_effort_item_id) VALUES (2, 2);")
         .await;
-    let start = db.scalar_i64("SELECT pgfeed.head()").await;
+    let start = db.tick().await;
     write_comments(&db, 60, 0).await;
     // The server starts after the writes: every count comes from the log.
     let server = db.server().await;

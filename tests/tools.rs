@@ -20,6 +20,7 @@ async fn simulate_commits_its_rate_of_valid_pearl_transactions() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("transactions"), "{stdout}");
     // Its users are created first, in six transactions of their own.
+    db.tick().await;
     let committed = db.scalar_i64("SELECT count(*) FROM pgfeed.commits").await - before - 6;
     assert!(
         (225..=275).contains(&committed),

@@ -39,7 +39,12 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     write::measure(pool, "tracked", setup.writers, setup.span).await?;
-    let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
+    // A tick of its own: the head then covers every transaction the writers committed.
+    let mut ticked = crate::feed::log::ticked_snapshot(pool).await?;
+    let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
+        .fetch_one(&mut *ticked)
+        .await?;
+    ticked.commit().await?;
     let committed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pgfeed.commits c JOIN pgfeed.events e USING (tx) WHERE c.seq > $1")
             .bind(start)

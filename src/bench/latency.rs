@@ -1,7 +1,7 @@
 //! Commit → client latency: writers commit one-row transactions at a steady
-//! rate while `clients` WebSocket clients of a pgfeed server (its own process)
-//! and one client LISTENing on Postgres directly note when each row reaches
-//! them. Latency runs from the moment the writer sends COMMIT, for both, so it
+//! rate to the tracked table while `clients` WebSocket clients of a pgfeed
+//! server (its own process) note when each reaches them; then the same writes
+//! to the bare-NOTIFY table, for one client LISTENing on its channel directly. Latency runs from the moment the writer sends COMMIT, for both, so it
 //! holds the commit's own flush; the labels also give it from the moment COMMIT
 //! returned (0 for a row that arrived before: Postgres signals its listeners
 //! and answers the writer together), which is what pgfeed adds to a commit.
@@ -53,14 +53,21 @@ fn event_number(text: &str) -> Option<usize> {
     text[at..at + digits].parse().ok()
 }
 
+impl Clock {
+    fn new(events: usize) -> Arc<Clock> {
+        Arc::new(Clock {
+            epoch: Instant::now(),
+            sent: (0..events).map(|_| AtomicU64::new(0)).collect(),
+            committed: (0..events).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+}
+
 pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>> {
     let span = setup.span.max(Duration::from_secs(2));
     let total = (u64::from(rate) * span.as_secs()) as usize;
-    let clock = Arc::new(Clock {
-        epoch: Instant::now(),
-        sent: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        committed: (0..total).map(|_| AtomicU64::new(0)).collect(),
-    });
+
+    let clock = Clock::new(total);
     let server = Peer::pgfeed(&setup.url, clients).await?;
     let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
     let sockets = peer::open_many(clients, |i| async move {
@@ -84,8 +91,8 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
                         break;
                     };
                     if let Message::Text(text) = message {
-                        if let Some(latency) = event_number(&text).and_then(|i| clock.sample(i)) {
-                            samples.push(latency);
+                        if let Some(sample) = event_number(&text).and_then(|i| clock.sample(i)) {
+                            samples.push(sample);
                         }
                     }
                 }
@@ -93,9 +100,18 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
             })
         })
         .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_at_rate(setup, &clock, rate, "bench_tracked").await?;
+    let mut ws_samples = Vec::with_capacity(total * clients);
+    for reader in readers {
+        ws_samples.extend(reader.await?);
+    }
+    drop(server);
+
+    let clock = Clock::new(total);
     let direct = {
         let mut listener = PgListener::connect(&setup.url).await?;
-        listener.listen("pgfeed").await?;
+        listener.listen("bench").await?;
         let clock = clock.clone();
         tokio::spawn(async move {
             let mut samples = Vec::with_capacity(total);
@@ -103,22 +119,17 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
                 let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await else {
                     break;
                 };
-                if let Some(latency) = event_number(n.payload()).and_then(|i| clock.sample(i)) {
-                    samples.push(latency);
+                if let Some(sample) = event_number(n.payload()).and_then(|i| clock.sample(i)) {
+                    samples.push(sample);
                 }
             }
             samples
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    write_at_rate(setup, &clock, rate).await?;
-
-    let mut ws_samples = Vec::with_capacity(total * clients);
-    for reader in readers {
-        ws_samples.extend(reader.await?);
-    }
+    write_at_rate(setup, &clock, rate, "bench_bare_notify").await?;
     let direct_samples = direct.await?;
-    drop(server);
+
     let ms = |v: &[Sample], from: fn(&Sample) -> u32| {
         let mut v: Vec<f64> = v.iter().map(|s| f64::from(from(s)) / 1000.0).collect();
         v.sort_by(f64::total_cmp);
@@ -163,7 +174,7 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
 
 /// Commits `clock.committed.len()` one-row transactions at `rate` per second,
 /// from the bench's writers in turn, noting when each COMMIT returns.
-async fn write_at_rate(setup: &Setup, clock: &Arc<Clock>, rate: u32) -> Result<()> {
+async fn write_at_rate(setup: &Setup, clock: &Arc<Clock>, rate: u32, table: &'static str) -> Result<()> {
     let writers = setup.writers.max(1);
     let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..writers)
@@ -174,7 +185,7 @@ async fn write_at_rate(setup: &Setup, clock: &Arc<Clock>, rate: u32) -> Result<(
                 for i in (w..clock.committed.len()).step_by(writers) {
                     tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    sqlx::query("INSERT INTO bench_tracked (label) VALUES ($1)")
+                    sqlx::query(&format!("INSERT INTO {table} (label) VALUES ($1)"))
                         .bind(format!("lat-{i}"))
                         .execute(&mut *tx)
                         .await?;

@@ -28,11 +28,18 @@ pub struct MigrationSet {
 /// Schema `pgfeed`: the log, commit positions, capture, `track`/`untrack`, retention.
 pub static CAPTURE: MigrationSet = MigrationSet {
     name: "capture",
-    migrations: &[Migration {
-        version: 1,
-        description: "pgfeed capture schema",
-        sql: include_str!("../../migrations/capture/0001_pgfeed_capture.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            description: "pgfeed capture schema",
+            sql: include_str!("../../migrations/capture/0001_pgfeed_capture.sql"),
+        },
+        Migration {
+            version: 2,
+            description: "commit positions assigned after commit",
+            sql: include_str!("../../migrations/capture/0002_post_commit_sequencer.sql"),
+        },
+    ],
 };
 
 /// PEARL's tables, as its own models create them.

@@ -69,61 +69,46 @@ impl Change {
     }
 }
 
-/// A notification on channel `pgfeed` (see migrations/0002): a row, sent at
-/// write time, or the commit that closes a transaction's rows.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A notification on channel `pgfeed` (migrations/capture/0002).
+#[derive(Debug, PartialEq, Eq)]
 pub enum Notice {
-    Commit {
-        seq: i64,
-        tx_size: i32,
-        #[allow(dead_code)]
-        commit: bool,
-    },
-    Row(RowNotice),
-}
-
-/// One row, without its commit position (known only at commit).
-#[derive(Debug, Deserialize)]
-pub struct RowNotice {
-    pub id: i64,
-    pub table: String,
-    pub prefix: String,
-    pub op: Op,
-    #[serde(default)]
-    pub new: Option<Value>,
-    #[serde(default)]
-    pub old: Option<Value>,
-    #[serde(default)]
-    pub actor: Option<String>,
-    pub at: String,
-    pub tx_index: i32,
-    /// The row is too big for a notification: read it from the log.
-    #[serde(default)]
-    pub fetch: bool,
+    /// `''`: a writer committed while the leader was waiting.
+    Wake,
+    /// `{"seq": N}`: a tick gave seqs up to N.
+    Sequenced(i64),
+    /// Anything else (an older pgfeed's row or commit payloads, say).
+    Malformed,
 }
 
 impl Notice {
-    pub fn parse(payload: &str) -> serde_json::Result<Notice> {
-        serde_json::from_str(payload)
+    pub fn parse(payload: &str) -> Notice {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tick {
+            seq: i64,
+        }
+        if payload.is_empty() {
+            return Notice::Wake;
+        }
+        match serde_json::from_str::<Tick>(payload) {
+            Ok(tick) => Notice::Sequenced(tick.seq),
+            Err(_) => Notice::Malformed,
+        }
     }
 }
 
-impl RowNotice {
-    /// The change, once its commit has given it a seq and a size.
-    pub fn into_change(self, seq: i64, tx_size: i32) -> Change {
-        Change {
-            seq,
-            id: self.id,
-            table: self.table,
-            prefix: self.prefix,
-            op: self.op,
-            new: self.new,
-            old: self.old,
-            actor: self.actor,
-            at: self.at,
-            tx_index: self.tx_index,
-            tx_size,
-        }
+#[cfg(test)]
+mod tests {
+    use super::Notice;
+
+    #[test]
+    fn notices_are_wake_ups_or_ticks() {
+        assert_eq!(Notice::parse(""), Notice::Wake);
+        assert_eq!(Notice::parse(r#"{"seq":12}"#), Notice::Sequenced(12));
+        assert_eq!(
+            Notice::parse(r#"{"seq":1,"tx_size":2,"commit":true}"#),
+            Notice::Malformed
+        );
+        assert_eq!(Notice::parse("garbage"), Notice::Malformed);
     }
 }

@@ -1,11 +1,18 @@
-//! The listener: one `LISTEN pgfeed` connection turned into events, in seq order.
+//! The listener: one `LISTEN pgfeed` connection that also sequences commits,
+//! turned into events in seq order.
 //!
-//! Notifications are the fast path; the log is the truth. Whenever the stream
-//! of notifications is not exactly the next transaction, whole and in order
-//! (a reconnect, a `fetch` payload, a bulk summary, a gap, a malformed payload,
-//! a quiet connection whose head moved), the listener reads the log after the
-//! last seq it delivered instead of guessing, and drops notifications it has
-//! already delivered.
+//! Writers only log their rows (migrations/capture/0002); a tick gives the
+//! transactions committed since the last one their seqs, and the listener
+//! delivers them from the log. One listener among all instances ticks: the one
+//! holding the sequencer's session lock (the leader). While it waits for work
+//! it holds a second lock, which makes writers wake it with a notification;
+//! while it is ticking, writers share that lock and send nothing. The others
+//! follow the `{"seq": N}` notifications every tick sends, and take over the
+//! lead when its holder's session ends.
+//!
+//! Whatever happens (a reconnect, a lost lead, a malformed payload, a quiet
+//! connection whose head moved), the listener reads the log after the last seq
+//! it delivered instead of guessing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +23,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::change::{Change, Notice, RowNotice};
+use super::change::{Change, Notice};
 use super::event::Encoder;
 use super::hub::Hub;
 use super::log;
@@ -24,7 +31,7 @@ use super::pearl;
 use crate::db;
 use crate::metrics::Metrics;
 
-/// The notification channel the capture triggers use.
+/// The notification channel of writers and ticks.
 pub const CHANNEL: &str = "pgfeed";
 /// How long the connection may be quiet before the listener checks it is alive
 /// and that it has missed nothing.
@@ -32,8 +39,18 @@ const QUIET_CHECK: Duration = Duration::from_secs(3);
 /// How long that check may take before the connection is declared dead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_PAGE: i64 = 2000;
-/// Longest a single log read may take: a pooled connection can be silently dead too.
+/// Longest a single log read or tick may take: a connection can be silently dead.
 const LOG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leader whose tick found nothing waits for the writers that share
+/// the waiting lock to commit before it ticks again (a long transaction).
+const AWAIT_WRITERS: Duration = Duration::from_millis(20);
+
+/// 0x70676665, 'pgfe': the first key of pgfeed's advisory locks.
+const LOCK_SPACE: i32 = 1_885_824_613;
+/// Held (session) by the leader while it waits for work; writers try to share it.
+const WAITING_LOCK: i32 = 1;
+/// Held (session) by the one listener that ticks.
+const LEADER_LOCK: i32 = 2;
 
 /// A log read that gives up after `LOG_READ_TIMEOUT`.
 async fn bounded<T>(read: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
@@ -56,12 +73,16 @@ pub struct Listener {
     ready: Arc<AtomicBool>,
     /// The last transaction delivered whole.
     last_seq: i64,
-    /// Its number of events, to recognise rows written after its seq was assigned.
-    last_size: i32,
     /// (seq, events published) of a transaction published only in part.
     partial: Option<(i64, i32)>,
-    /// The row notifications of the transaction being received, until its commit.
-    pending: Vec<RowNotice>,
+    /// This listener ticks (it holds the leader lock on its connection).
+    leader: bool,
+    /// The leader holds the waiting lock: writers wake it.
+    waiting: bool,
+    /// The backend (pid, start) of the previous LISTEN connection: if it is
+    /// still there (its network went away, Postgres has not noticed), it holds
+    /// the leader lock, and the new connection ends it.
+    previous_backend: Option<(i32, String)>,
     /// PEARL's running state, shared with sessions that replay from the log.
     pearl: Arc<Mutex<pearl::State>>,
 }
@@ -88,9 +109,10 @@ impl Listener {
             metrics,
             ready,
             last_seq: 0,
-            last_size: 0,
             partial: None,
-            pending: Vec::new(),
+            leader: false,
+            waiting: false,
+            previous_backend: None,
             pearl,
         }
     }
@@ -111,6 +133,7 @@ impl Listener {
                     .connect_lazy_with(db::connect_options(&self.url, db::LISTENER_APPLICATION_NAME)?);
                 let mut listener = PgListener::connect_with(&listen_pool).await.context("connecting")?;
                 listener.listen(CHANNEL).await.context("LISTEN")?;
+                self.take_the_lead(&mut listener).await.context("taking the lead")?;
                 let options = db::connect_options(&self.url, db::LOG_READER_APPLICATION_NAME)?;
                 let reader = bounded(PgConnection::connect_with(&options)).await;
                 self.reader = Some(reader.context("connecting the log reader")?);
@@ -135,7 +158,11 @@ impl Listener {
             };
             backoff = Duration::from_millis(100);
             self.ready.store(true, Ordering::SeqCst);
-            tracing::info!(seq = self.last_seq, "listener following notifications");
+            tracing::info!(
+                seq = self.last_seq,
+                leader = self.leader,
+                "listener following notifications"
+            );
             let stop = self.follow(&mut listener, &shutdown).await;
             self.ready.store(false, Ordering::SeqCst);
             match stop {
@@ -153,10 +180,8 @@ impl Listener {
     /// before accepting clients: a client that connects then starts at this
     /// head, and the listener delivers everything after it.
     pub async fn start_at_head(&mut self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        // After a tick of its own: the head covers everything its snapshot sees.
+        let mut tx = log::ticked_snapshot(&self.pool).await?;
         let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
         // Through pgfeed.snapshot, as the server reads every tracked table: its
         // role needs no SELECT on the application's tables. Untracked: empty.
@@ -178,73 +203,134 @@ impl Listener {
         Ok(())
     }
 
+    /// Ends this instance's previous LISTEN backend if it lingers, then tries
+    /// for the lead. A new connection starts ticking (not waiting).
+    async fn take_the_lead(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
+        if let Some((pid, started)) = self.previous_backend.take() {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+            )
+            .bind(pid)
+            .bind(started)
+            .execute(&mut *listener)
+            .await?;
+        }
+        let (pid, started): (i32, String) =
+            sqlx::query_as("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+                .fetch_one(&mut *listener)
+                .await?;
+        self.previous_backend = Some((pid, started));
+        self.leader = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(LOCK_SPACE)
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut *listener)
+            .await?;
+        self.waiting = false;
+        Ok(())
+    }
+
     async fn follow(&mut self, listener: &mut PgListener, shutdown: &CancellationToken) -> Stop {
         loop {
+            let ticking = self.leader && !self.waiting;
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Stop::Shutdown,
-                next = tokio::time::timeout(QUIET_CHECK, listener.try_recv()) => next,
+                next = tokio::time::timeout(if ticking { Duration::ZERO } else { QUIET_CHECK }, listener.try_recv()) => next,
             };
             let result = match next {
-                Ok(Ok(Some(notification))) => self.on_notification(notification.payload()).await,
+                Ok(Ok(Some(notification))) => self.on_notification(listener, notification.payload()).await,
                 Ok(Ok(None)) => return Stop::Lost("connection closed".into()),
                 Ok(Err(err)) => return Stop::Lost(err.to_string()),
-                Err(_quiet) => {
-                    match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *listener)).await {
-                        Ok(Ok(_)) => self.catch_up_if_behind().await,
-                        Ok(Err(err)) => return Stop::Lost(err.to_string()),
-                        Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
-                    }
-                }
+                Err(_pause_over) if ticking => Ok(()),
+                Err(_quiet) => match tokio::time::timeout(CHECK_TIMEOUT, self.quiet_check(listener)).await {
+                    Ok(checked) => checked,
+                    Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
+                },
             };
             if let Err(err) = result {
                 return Stop::Lost(format!("reading the log: {err}"));
             }
+            if self.leader && !self.waiting {
+                if let Err(err) = self.tick_round(listener).await {
+                    return Stop::Lost(format!("ticking: {err}"));
+                }
+            }
         }
     }
 
-    async fn on_notification(&mut self, payload: &str) -> sqlx::Result<()> {
+    async fn on_notification(&mut self, listener: &mut PgListener, payload: &str) -> sqlx::Result<()> {
         self.metrics.notifications_received.inc();
-        let notice = match Notice::parse(payload) {
-            Ok(notice) => notice,
-            Err(err) => {
+        match Notice::parse(payload) {
+            Notice::Wake if self.leader && self.waiting => {
+                // A writer committed while the leader waited: tick until it finds nothing.
+                sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                    .bind(LOCK_SPACE)
+                    .bind(WAITING_LOCK)
+                    .execute(&mut *listener)
+                    .await?;
+                self.waiting = false;
+                Ok(())
+            }
+            Notice::Wake => Ok(()),
+            Notice::Sequenced(seq) if seq > self.last_seq => self.catch_up().await,
+            Notice::Sequenced(_) => Ok(()),
+            Notice::Malformed => {
                 self.metrics.notifications_malformed.inc();
-                tracing::warn!(error = %err, "malformed notification; reading the log");
-                return self.catch_up().await;
+                tracing::warn!("malformed notification on channel pgfeed; reading the log");
+                self.catch_up().await
             }
-        };
-        let (seq, tx_size) = match notice {
-            Notice::Row(row) => {
-                self.pending.push(row);
-                return Ok(());
-            }
-            Notice::Commit { seq, tx_size, .. } => (seq, tx_size),
-        };
-        let rows = std::mem::take(&mut self.pending);
-        if seq < self.last_seq || (seq == self.last_seq && tx_size <= self.last_size) {
-            return Ok(()); // already delivered from the log
         }
-        if seq == self.last_seq {
-            // Rows written after the seq was assigned: the log has them whole.
-            return self.catch_up_from(seq - 1, Some((seq, self.last_size))).await;
-        }
-        let whole = seq == self.last_seq + 1
-            && rows.len() == tx_size as usize
-            && rows
-                .iter()
-                .enumerate()
-                .all(|(i, row)| row.tx_index == i as i32 && !row.fetch);
-        if !whole {
-            // A gap, an oversized row or a large transaction: the log says exactly what happened.
-            return self.catch_up().await;
-        }
-        for row in rows {
-            self.publish(row.into_change(seq, tx_size));
-        }
-        Ok(())
     }
 
-    async fn catch_up_if_behind(&mut self) -> sqlx::Result<()> {
-        if !self.pending.is_empty() || bounded(log::head(self.reader()?)).await? > self.last_seq {
+    /// One tick, and delivery of what it gave seqs to; true when it found work.
+    /// A tick that finds nothing makes the leader wait for writers, once the
+    /// ones sharing the waiting lock (each counting on ticks) have committed.
+    async fn tick_round(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
+        self.metrics.ticks.inc();
+        if bounded(log::tick(&mut *listener)).await? > self.last_seq {
+            self.catch_up().await?;
+            return Ok(true);
+        }
+        let waiting: bool = bounded(
+            sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
+                .bind(AWAIT_WRITERS.as_secs_f64())
+                .fetch_one(&mut *listener),
+        )
+        .await?;
+        if !waiting {
+            return Ok(false);
+        }
+        // Writers that committed before the lock was granted sent nothing: one last look.
+        self.waiting = true;
+        if bounded(log::tick(&mut *listener)).await? > self.last_seq {
+            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(LOCK_SPACE)
+                .bind(WAITING_LOCK)
+                .execute(&mut *listener)
+                .await?;
+            self.waiting = false;
+            self.catch_up().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// A quiet connection: the leader ticks (a liveness check too); a follower
+    /// tries for the lead, which a departed leader leaves free; both then make
+    /// sure they have missed nothing.
+    async fn quiet_check(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
+        if self.leader {
+            log::tick(&mut *listener).await?;
+        } else {
+            self.leader = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(LOCK_SPACE)
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut *listener)
+                .await?;
+            if self.leader {
+                tracing::info!(seq = self.last_seq, "this listener now ticks");
+            }
+        }
+        if bounded(log::head(self.reader()?)).await? > self.last_seq {
             self.catch_up().await?;
         }
         Ok(())
@@ -262,19 +348,20 @@ impl Listener {
     async fn catch_up_from(&mut self, seq: i64, skip: Option<(i64, i32)>) -> sqlx::Result<()> {
         let (skip_seq, mut skip) = skip.unwrap_or((0, 0));
         self.metrics.log_catch_ups.inc();
-        self.pending.clear();
         let mut cursor = log::Cursor::after(seq);
         loop {
             let (changes, next) = bounded(log::read(self.reader()?, cursor, LOG_PAGE)).await?;
-            if changes.is_empty() {
-                return Ok(());
-            }
+            // A short page is the end of the log: no second read to learn it.
+            let last_page = (changes.len() as i64) < LOG_PAGE;
             for change in changes {
                 if skip > 0 && change.seq == skip_seq {
                     skip -= 1;
                     continue;
                 }
                 self.publish(change);
+            }
+            if last_page {
+                return Ok(());
             }
             cursor = next;
         }
@@ -285,7 +372,7 @@ impl Listener {
     }
 
     fn publish(&mut self, change: Change) {
-        let (seq, size, whole, tx_index) = (change.seq, change.tx_size, change.is_last_of_tx(), change.tx_index);
+        let (seq, whole, tx_index) = (change.seq, change.is_last_of_tx(), change.tx_index);
         let mut state = self.pearl.lock().expect("pearl state lock");
         let mut encoder = Encoder {
             metrics: &self.metrics,
@@ -299,7 +386,6 @@ impl Listener {
         self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
         if whole && seq >= self.last_seq {
             self.last_seq = seq;
-            self.last_size = size;
             self.hub.set_head(seq);
             self.metrics.head_seq.set(seq);
         }

@@ -109,15 +109,43 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
         .await
 }
 
+/// The statements that open a tick's transaction: the sequencer's lock comes
+/// before the transaction's snapshot, so the tick sees the previous one's commit.
+macro_rules! tick_opening {
+    () => {
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; LOCK TABLE pgfeed.sequencer IN EXCLUSIVE MODE; \
+         SELECT pgfeed.tick()"
+    };
+}
+
+/// One tick (see migrations/capture/0002): gives the next seqs to every
+/// transaction committed since the last tick; returns the head after it.
+/// Its own transaction, in one round trip. A failed tick leaves the
+/// connection inside an aborted transaction: drop the connection.
+pub async fn tick(db: &mut sqlx::postgres::PgListener) -> sqlx::Result<i64> {
+    // A &str runs as one simple query: four statements, one round trip.
+    let rows = sqlx::Executor::fetch_all(db, concat!("BEGIN; ", tick_opening!(), "; COMMIT")).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()))?;
+    row.try_get(0)
+}
+
+/// Opens a REPEATABLE READ transaction that has just ticked: what it reads
+/// reflects exactly the transactions up to `pgfeed.head()` as it sees it.
+/// It holds the sequencer's lock until it ends, so keep it short.
+pub async fn ticked_snapshot(pool: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::Executor::execute(&mut *tx, tick_opening!()).await?;
+    Ok(tx)
+}
+
 /// The rows of a tracked table (named as in events) that `scope` may see, as
 /// one JSON array, without its excluded columns and with UTC timestamps, and
 /// the watermark seq they reflect: every transaction with seq ≤ watermark is
 /// in the rows, none after it. `None` when `table` is not tracked.
 pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result<Option<(i64, String)>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = ticked_snapshot(pool).await?;
     let found: Option<(i64, String)> = sqlx::query_as("SELECT watermark, rows::text FROM pgfeed.snapshot($1)")
         .bind(table)
         .fetch_optional(&mut *tx)
