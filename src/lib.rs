@@ -4,18 +4,19 @@
 //! The path of one event, module by module:
 //!
 //! 1. **SQL** (`migrations/capture`): a trigger on each tracked table writes the
-//!    row change (less its excluded columns) to `pgfeed.events`; at commit a
-//!    deferred trigger gives the transaction its commit position `seq`
-//!    (`pgfeed.commits`) and sends `NOTIFY pgfeed`. [`install`] is what a DBA
-//!    runs to put it there (`migrate`, `track`, `uninstall`); it touches no
-//!    application table but for the triggers `track` attaches.
+//!    row change (less its excluded columns) to `pgfeed.events`, and nothing
+//!    else; after commit, `pgfeed.tick()` gives the transaction its commit
+//!    position `seq` (`pgfeed.commits`). [`install`] is what a DBA runs to put
+//!    it there (`migrate`, `track`, `uninstall`); it touches no application
+//!    table but for the triggers `track` attaches.
 //! 2. [`db`]: infrastructure only: the pool, the embedded cluster
 //!    ([`db::embedded`]), pgfeed's migrations ([`db::migrate`], history in
 //!    `pgfeed.migrations`).
 //! 3. [`feed::log`]: the reads of the log everything that must not lose an
 //!    event uses, and snapshots through `pgfeed.snapshot`.
-//! 4. [`feed::listener`]: one `LISTEN` connection; notifications become
-//!    [`feed::change::Change`]s in seq order, the log fills every hole.
+//! 4. [`feed::listener`]: one `LISTEN` connection that ticks (on one elected
+//!    instance) and reads what each tick sequenced from the log as
+//!    [`feed::change::Change`]s in seq order; the others follow its ticks.
 //! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
 //!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
 //!    also holds the `track --preset pearl` list) and encoded once.
@@ -27,7 +28,8 @@
 //!    [`protocol`] is every message on the wire, both dialects.
 //!
 //! [`server`] wires these together; [`config`] is the command line (and the
-//! one set of defaults); [`bench`] measures the figures of DESIGN §7.
+//! one set of defaults); [`bench`] measures the figures of DESIGN §7, each
+//! beside its reference.
 
 pub mod auth;
 pub mod bench;

@@ -9,6 +9,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Every figure of one server.
@@ -61,6 +62,10 @@ pub struct Metrics {
     /// Read at each scrape: rows in pgfeed.events, and the oldest seq a client can resume from.
     pub log_rows: Gauge,
     pub log_oldest_seq: Gauge,
+    /// Seconds from a transaction's last logged row to the listener handing its
+    /// events to the hub: about commit → publish for a short transaction; the
+    /// sequencer's share of what clients wait.
+    pub write_to_publish: Histogram,
     registry: Registry,
 }
 
@@ -148,6 +153,15 @@ impl Default for Metrics {
             "pgfeed_log_oldest_seq",
             "The oldest seq a client can resume after, read at scrape time.",
         );
+        // 0.25 ms to about 4 s.
+        let write_to_publish = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.000_25, 2.0, 15,
+        ));
+        registry.register(
+            "pgfeed_write_to_publish_seconds",
+            "From a transaction's last logged row to its events reaching the hub.",
+            write_to_publish.clone(),
+        );
         Metrics {
             events_published,
             events_untyped,
@@ -172,6 +186,7 @@ impl Default for Metrics {
             notification_queue_usage_permille,
             log_rows,
             log_oldest_seq,
+            write_to_publish,
             registry,
         }
     }

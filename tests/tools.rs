@@ -346,7 +346,7 @@ async fn bench_quick_reports_every_figure() {
     distinct.dedup();
     assert_eq!(distinct, ["write", "keepup", "replay", "latency", "fanout", "memory"]);
     // Every write path beside the references, and both fan-out figures at 1,000 clients.
-    assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 6, "{figures:?}");
+    assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 7, "{figures:?}");
     assert_eq!(scenarios.iter().filter(|s| **s == "fanout").count(), 2, "{figures:?}");
     for figure in figures {
         assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");

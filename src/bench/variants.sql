@@ -6,8 +6,10 @@
 --                of pg_eventserv and postgres-websockets (the reference).
 --   tracked      pgfeed.track(): pgfeed's write path as installed.
 --
--- And prototypes of other write paths (issue 11), each the writer's side only:
+-- And other write paths (issue 11), each the writer's side only:
 --
+--   v01          pgfeed 0.1's write path (capture/0001): a per-row JSON
+--                notification, and at commit the seq under a lock held through it.
 --   lock_1n      a slim capture (no per-row payload, counter or formatting) with
 --                one notification per transaction, seq still taken under the
 --                commit-order lock at commit.
@@ -22,6 +24,7 @@ CREATE TABLE bench_tracked (LIKE bench_plain INCLUDING ALL);
 CREATE TABLE bench_lock_1n (LIKE bench_plain INCLUDING ALL);
 CREATE TABLE bench_seq_1n (LIKE bench_plain INCLUDING ALL);
 CREATE TABLE bench_seq_poll (LIKE bench_plain INCLUDING ALL);
+CREATE TABLE bench_v01 (LIKE bench_plain INCLUDING ALL);
 
 CREATE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -96,3 +99,62 @@ BEGIN
 END $$;
 CREATE TRIGGER capture AFTER INSERT OR UPDATE OR DELETE ON bench_seq_poll
     FOR EACH ROW EXECUTE FUNCTION bench_proto.capture_seq_poll('bench');
+
+-- pgfeed 0.1, as capture/0001 installed it (tables of its own).
+CREATE TABLE bench_proto.events_v01 (LIKE pgfeed.events INCLUDING ALL);
+CREATE TABLE bench_proto.commits_v01 (LIKE pgfeed.commits INCLUDING ALL);
+CREATE SEQUENCE bench_proto.commit_seq_v01 AS bigint;
+CREATE FUNCTION bench_proto.capture_v01() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    tbl       text := TG_TABLE_NAME;
+    who       text := NULLIF(current_setting('pgfeed.actor', true), '');
+    n         integer := COALESCE(NULLIF(current_setting('pgfeed.rows', true), '')::integer, 0);
+    new_doc   json;
+    old_doc   json;
+    event_id  bigint;
+    at        timestamptz := clock_timestamp();
+    payload   text;
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN new_doc := to_json(NEW); END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN old_doc := to_json(OLD); END IF;
+    PERFORM set_config('pgfeed.rows', (n + 1)::text, true);
+    INSERT INTO bench_proto.events_v01 (table_name, prefix, op, new, old, actor, created_at)
+    VALUES (tbl, TG_ARGV[0], TG_OP, new_doc, old_doc, who, at)
+    RETURNING id INTO event_id;
+    IF n < 100 AND NULLIF(current_setting('pgfeed.seq', true), '') IS NULL THEN
+        payload := json_build_object(
+            'id', event_id, 'table', tbl, 'prefix', TG_ARGV[0], 'op', TG_OP,
+            'new', new_doc, 'old', old_doc, 'actor', who,
+            'at', to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            'tx_index', n)::text;
+        PERFORM pg_notify('pgfeed', payload);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION bench_proto.assign_v01() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    commit_seq  bigint := NULLIF(current_setting('pgfeed.seq', true), '')::bigint;
+    total       integer := COALESCE(NULLIF(current_setting('pgfeed.rows', true), '')::integer, 0);
+    announced   integer := COALESCE(NULLIF(current_setting('pgfeed.announced', true), '')::integer, 0);
+BEGIN
+    IF total <= announced THEN
+        RETURN NULL;
+    END IF;
+    IF commit_seq IS NULL THEN
+        PERFORM pg_advisory_xact_lock(123589090198884);
+        commit_seq := nextval('bench_proto.commit_seq_v01');
+        INSERT INTO bench_proto.commits_v01 (seq, tx, size) VALUES (commit_seq, pg_current_xact_id(), total);
+        PERFORM set_config('pgfeed.seq', commit_seq::text, true);
+    ELSE
+        UPDATE bench_proto.commits_v01 SET size = total WHERE seq = commit_seq;
+    END IF;
+    PERFORM set_config('pgfeed.announced', total::text, true);
+    PERFORM pg_notify('pgfeed', '{"seq":' || commit_seq || ',"tx_size":' || total || ',"commit":true}');
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER assign_v01 AFTER INSERT ON bench_proto.events_v01 DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (current_setting('pgfeed.rows', true) = '1' OR NULLIF(current_setting('pgfeed.seq', true), '') IS NOT NULL)
+    EXECUTE FUNCTION bench_proto.assign_v01();
+CREATE TRIGGER capture AFTER INSERT OR UPDATE OR DELETE ON bench_v01
+    FOR EACH ROW EXECUTE FUNCTION bench_proto.capture_v01('bench');

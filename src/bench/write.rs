@@ -13,10 +13,14 @@ use sqlx::PgPool;
 use super::{Figure, Setup};
 
 /// Every variant, with what it is (variants.sql says more).
-pub const VARIANTS: [(&str, &str); 6] = [
+pub const VARIANTS: [(&str, &str); 7] = [
     ("plain", "no trigger"),
     ("bare_notify", "per-row pg_notify trigger"),
     ("tracked", "pgfeed.track"),
+    (
+        "v01",
+        "pgfeed 0.1: per-row payload, seq under a lock held through commit",
+    ),
     ("lock_1n", "prototype: slim capture, 1 notify/tx, seq under lock"),
     ("seq_1n", "prototype: sequencer writers, log + 1 notify/tx"),
     ("seq_poll", "prototype: sequencer writers, log only"),

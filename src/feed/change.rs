@@ -57,6 +57,8 @@ pub struct Change {
     pub actor: Option<String>,
     /// Write time, ISO 8601 UTC with milliseconds.
     pub at: String,
+    /// The same, in seconds since 1970 (to the microsecond): for measuring.
+    pub written: f64,
     /// Position within the transaction, from 0.
     pub tx_index: i32,
     /// Number of events in the transaction.

@@ -285,9 +285,7 @@ impl Listener {
     /// A tick that finds nothing makes the leader wait for writers, once the
     /// ones sharing the waiting lock (each counting on ticks) have committed.
     async fn tick_round(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
-        self.metrics.ticks.inc();
-        if bounded(log::tick(&mut *listener)).await? > self.last_seq {
-            self.catch_up().await?;
+        if self.tick_and_publish(listener).await? {
             return Ok(true);
         }
         let waiting: bool = bounded(
@@ -301,17 +299,39 @@ impl Listener {
         }
         // Writers that committed before the lock was granted sent nothing: one last look.
         self.waiting = true;
-        if bounded(log::tick(&mut *listener)).await? > self.last_seq {
+        if self.tick_and_publish(listener).await? {
             sqlx::query("SELECT pg_advisory_unlock($1, $2)")
                 .bind(LOCK_SPACE)
                 .bind(WAITING_LOCK)
                 .execute(&mut *listener)
                 .await?;
             self.waiting = false;
-            self.catch_up().await?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// A tick that reads what it sequenced in the same round trip, then
+    /// publishes it; true when it gave seqs.
+    async fn tick_and_publish(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
+        self.metrics.ticks.inc();
+        let before = self.last_seq;
+        if self.partial.is_some() {
+            // A transaction published in part: the catch-up knows how to continue it.
+            bounded(log::tick(&mut *listener)).await?;
+            self.catch_up().await?;
+            return Ok(self.last_seq > before);
+        }
+        let (head, changes, _) =
+            bounded(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE)).await?;
+        let full_page = changes.len() as i64 >= LOG_PAGE;
+        for change in changes {
+            self.publish(change);
+        }
+        if full_page || self.last_seq < head {
+            self.catch_up().await?;
+        }
+        Ok(self.last_seq > before)
     }
 
     /// A quiet connection: the leader ticks (a liveness check too); a follower
@@ -379,9 +399,16 @@ impl Listener {
             pearl: &mut state,
             count_untyped: true,
         };
+        let written = change.written;
         for event in encoder.encode(change) {
             self.metrics.events_published.inc();
             self.hub.publish(Arc::new(event));
+        }
+        if whole {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.metrics.write_to_publish.observe((now - written).max(0.0));
         }
         self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
         if whole && seq >= self.last_seq {

@@ -32,25 +32,75 @@ impl Cursor {
     }
 }
 
+/// The statements that open a tick's transaction: the sequencer's lock comes
+/// before the transaction's snapshot, so the tick sees the previous one's commit.
+macro_rules! tick_opening {
+    () => {
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; LOCK TABLE pgfeed.sequencer IN EXCLUSIVE MODE; \
+         SELECT pgfeed.tick()"
+    };
+}
+
+/// The log after a cursor: `{seq}`, `{id}`, `{limit}` are filled in (by
+/// `read` with parameters, by `tick_and_read` with the numbers themselves).
+/// `id = 0` means the whole of `seq` was read; ids start at 1.
+macro_rules! read_sql {
+    ($seq:expr, $id:expr, $limit:expr) => {
+        format!(
+            r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
+                      e.actor, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at,
+                      extract(epoch FROM e.created_at)::float8 AS written
+                 FROM pgfeed.commits c
+                 JOIN pgfeed.events e ON e.tx = c.tx
+                WHERE c.seq >= {seq} AND (c.seq > {seq} OR ({id} > 0 AND e.id > {id}))
+                ORDER BY c.seq, e.id
+                LIMIT {limit}"#,
+            seq = $seq,
+            id = $id,
+            limit = $limit
+        )
+    };
+}
+
 /// Reads up to `limit` changes after `cursor`, in (seq, statement) order, and the
 /// cursor after them. An empty result means the log holds nothing after `cursor`.
 pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sqlx::Result<(Vec<Change>, Cursor)> {
-    // `id = 0` means the whole of `seq` was read; ids start at 1.
-    let rows = sqlx::query(
-        r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
-                  e.actor, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at
-             FROM pgfeed.commits c
-             JOIN pgfeed.events e ON e.tx = c.tx
-            WHERE c.seq >= $1 AND (c.seq > $1 OR ($2 > 0 AND e.id > $2))
-            ORDER BY c.seq, e.id
-            LIMIT $3"#,
-    )
-    .bind(cursor.seq)
-    .bind(cursor.id)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| read_sql!("$1", "$2", "$3"));
+    let rows = sqlx::query(sql)
+        .bind(cursor.seq)
+        .bind(cursor.id)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    changes(rows, cursor)
+}
 
+/// One tick, and up to `limit` changes after `cursor` read in the same
+/// transaction: the head, the changes and the cursor after them, in one round
+/// trip. The changes are returned only once the tick has committed.
+pub async fn tick_and_read(
+    db: &mut sqlx::postgres::PgListener,
+    cursor: Cursor,
+    limit: i64,
+) -> sqlx::Result<(i64, Vec<Change>, Cursor)> {
+    // Numbers of our own, written into the text: a simple query has no parameters.
+    let sql = format!(
+        "BEGIN; {}; {}; COMMIT",
+        tick_opening!(),
+        read_sql!(cursor.seq, cursor.id, limit)
+    );
+    let mut rows = sqlx::Executor::fetch_all(db, sql.as_str()).await?;
+    if rows.is_empty() {
+        return Err(sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()));
+    }
+    let head: i64 = rows.remove(0).try_get(0)?;
+    let (changes, next) = changes(rows, cursor)?;
+    Ok((head, changes, next))
+}
+
+/// Log rows (as `read_sql!` selects them) as changes, and the cursor after them.
+fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Vec<Change>, Cursor)> {
     let mut changes = Vec::with_capacity(rows.len());
     let mut at = cursor;
     for row in rows {
@@ -67,6 +117,7 @@ pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sq
             old: parse_json(row.try_get("old")?)?,
             actor: row.try_get("actor")?,
             at: row.try_get("at")?,
+            written: row.try_get("written")?,
             tx_index,
             tx_size: row.try_get("size")?,
         };
@@ -107,15 +158,6 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
         .bind(keep.as_secs_f64())
         .fetch_one(pool)
         .await
-}
-
-/// The statements that open a tick's transaction: the sequencer's lock comes
-/// before the transaction's snapshot, so the tick sees the previous one's commit.
-macro_rules! tick_opening {
-    () => {
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; LOCK TABLE pgfeed.sequencer IN EXCLUSIVE MODE; \
-         SELECT pgfeed.tick()"
-    };
 }
 
 /// One tick (see migrations/capture/0002): gives the next seqs to every

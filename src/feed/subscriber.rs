@@ -86,7 +86,12 @@ pub struct Subscriber {
     ready: VecDeque<Next>,
     /// Something was handed out since the last `Idle`.
     busy: bool,
+    /// Events taken from the hub, for sampling the lag.
+    received: u64,
 }
+
+/// The lag is measured on every this many events from the hub.
+const LAG_SAMPLE: u64 = 64;
 
 impl Subscriber {
     /// A subscriber at the live end: it receives everything after the hub's head.
@@ -107,6 +112,7 @@ impl Subscriber {
             replay: None,
             ready: VecDeque::new(),
             busy: false,
+            received: 0,
         }
     }
 
@@ -150,18 +156,30 @@ impl Subscriber {
                 }
                 continue;
             }
-            if self.busy && self.rx.is_empty() {
-                self.busy = false;
-                return Next::Idle;
-            }
-            match self.rx.recv().await {
+            // What is waiting is taken without a wait (no lock on the ring's
+            // tail per event); only when nothing is does the transport flush.
+            let received = match self.rx.try_recv() {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::TryRecvError::Empty) if self.busy => {
+                    self.busy = false;
+                    return Next::Idle;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => self.rx.recv().await,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
+                Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+            };
+            match received {
                 Ok(event) => {
-                    let waiting = self.rx.len() as i64 + 1;
-                    self.sources
-                        .metrics
-                        .client_lag_max
-                        .inner()
-                        .fetch_max(waiting, Ordering::Relaxed);
+                    self.received += 1;
+                    if self.received % LAG_SAMPLE == 1 {
+                        // A shared figure: measured now and then, not per event.
+                        let waiting = self.rx.len() as i64 + 1;
+                        self.sources
+                            .metrics
+                            .client_lag_max
+                            .inner()
+                            .fetch_max(waiting, Ordering::Relaxed);
+                    }
                     self.on_live(event);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {

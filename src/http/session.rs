@@ -201,6 +201,8 @@ pub struct Session {
     id: uuid::Uuid,
     /// The ordered, exactly-once stream this socket carries (filter and scope live there).
     sub: Subscriber,
+    /// Event bytes queued since the last flush, added to `bytes_sent` at the flush.
+    unflushed_bytes: u64,
 }
 
 impl Session {
@@ -230,6 +232,7 @@ impl Session {
             id: uuid::Uuid::new_v4(),
             sub,
             state,
+            unflushed_bytes: 0,
         }
     }
 
@@ -274,6 +277,7 @@ impl Session {
                 .await;
             }
         }
+        metrics.bytes_sent.inc_by(self.unflushed_bytes);
         metrics.ws_connections.dec();
         drop(permit);
         tracing::debug!(connection = %self.id, "disconnected");
@@ -341,7 +345,11 @@ impl Session {
                     // Events are queued; the socket is flushed when nothing more is waiting.
                     Next::Event(event) => self.feed_event(socket, &event).await?,
                     Next::Whole(_) => {}
-                    Next::Idle => self.flush(socket).await?,
+                    Next::Idle => {
+                        // Counted per burst: a shared counter per frame costs every core.
+                        self.state.metrics.bytes_sent.inc_by(std::mem::take(&mut self.unflushed_bytes));
+                        self.flush(socket).await?
+                    }
                     Next::LogUnavailable => self.log_unavailable(socket).await?,
                     Next::Closed => return Ok(()),
                 },
@@ -670,7 +678,7 @@ impl Session {
     }
 
     /// Queues an event's frame, in this client's envelope.
-    async fn feed_event<S>(&self, socket: &mut S, event: &Event) -> Result<(), End>
+    async fn feed_event<S>(&mut self, socket: &mut S, event: &Event) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
     {
@@ -678,7 +686,7 @@ impl Session {
             Envelope::Type => event.frame.clone(),
             Envelope::Event => event.enveloped(),
         };
-        self.state.metrics.bytes_sent.inc_by(frame.len() as u64);
+        self.unflushed_bytes += frame.len() as u64;
         self.feed(socket, Message::Text(frame)).await
     }
 
