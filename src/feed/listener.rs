@@ -42,8 +42,11 @@ const LOG_PAGE: i64 = 2000;
 /// Longest a single log read or tick may take: a connection can be silently dead.
 const LOG_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leader whose tick found nothing waits for the writers that share
-/// the waiting lock to commit before it ticks again (a long transaction).
-const AWAIT_WRITERS: Duration = Duration::from_millis(20);
+/// the waiting lock to commit before it ticks again: short at first (it cannot
+/// tick while it waits, and other writers may be committing), longer while it
+/// keeps finding nothing (one long transaction holds it).
+const SHORTEST_PATIENCE: Duration = Duration::from_millis(1);
+const LONGEST_PATIENCE: Duration = Duration::from_millis(50);
 
 /// 0x70676665, 'pgfe': the first key of pgfeed's advisory locks.
 const LOCK_SPACE: i32 = 1_885_824_613;
@@ -79,6 +82,8 @@ pub struct Listener {
     leader: bool,
     /// The leader holds the waiting lock: writers wake it.
     waiting: bool,
+    /// How long the next wait for writers may take.
+    patience: Duration,
     /// The backend (pid, start) of the previous LISTEN connection: if it is
     /// still there (its network went away, Postgres has not noticed), it holds
     /// the leader lock, and the new connection ends it.
@@ -112,6 +117,7 @@ impl Listener {
             partial: None,
             leader: false,
             waiting: false,
+            patience: SHORTEST_PATIENCE,
             previous_backend: None,
             pearl,
         }
@@ -286,17 +292,20 @@ impl Listener {
     /// ones sharing the waiting lock (each counting on ticks) have committed.
     async fn tick_round(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
         if self.tick_and_publish(listener).await? {
+            self.patience = SHORTEST_PATIENCE;
             return Ok(true);
         }
         let waiting: bool = bounded(
             sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
-                .bind(AWAIT_WRITERS.as_secs_f64())
+                .bind(self.patience.as_secs_f64())
                 .fetch_one(&mut *listener),
         )
         .await?;
         if !waiting {
+            self.patience = (self.patience * 2).min(LONGEST_PATIENCE);
             return Ok(false);
         }
+        self.patience = SHORTEST_PATIENCE;
         // Writers that committed before the lock was granted sent nothing: one last look.
         self.waiting = true;
         if self.tick_and_publish(listener).await? {

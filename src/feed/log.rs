@@ -46,13 +46,14 @@ macro_rules! tick_opening {
 /// `id = 0` means the whole of `seq` was read; ids start at 1.
 macro_rules! read_sql {
     ($seq:expr, $id:expr, $limit:expr) => {
+        // The commits first, by their primary key, then each one's rows by the
+        // log's: a page costs its own rows, however long the log behind it.
         format!(
             r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
-                      e.actor, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at,
-                      extract(epoch FROM e.created_at)::float8 AS written
-                 FROM pgfeed.commits c
-                 JOIN pgfeed.events e ON e.tx = c.tx
-                WHERE c.seq >= {seq} AND (c.seq > {seq} OR ({id} > 0 AND e.id > {id}))
+                      e.actor, (extract(epoch FROM e.created_at) * 1000000)::int8 AS written_us
+                 FROM (SELECT seq, tx, size FROM pgfeed.commits WHERE seq >= {seq} ORDER BY seq LIMIT {limit}) c
+                 JOIN LATERAL (SELECT * FROM pgfeed.events e
+                                WHERE e.tx = c.tx AND (c.seq > {seq} OR ({id} > 0 AND e.id > {id}))) e ON true
                 ORDER BY c.seq, e.id
                 LIMIT {limit}"#,
             seq = $seq,
@@ -105,6 +106,7 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
     let mut at = cursor;
     for row in rows {
         let seq: i64 = row.try_get("seq")?;
+        let written_us: i64 = row.try_get("written_us")?;
         let tx_index = if seq == at.seq && at.id > 0 { at.next_index } else { 0 };
         let change = Change {
             seq,
@@ -116,8 +118,8 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
             new: parse_json(row.try_get("new")?)?,
             old: parse_json(row.try_get("old")?)?,
             actor: row.try_get("actor")?,
-            at: row.try_get("at")?,
-            written: row.try_get("written")?,
+            at: timestamps::from_unix_millis(written_us.div_euclid(1000)),
+            written: written_us as f64 / 1e6,
             tx_index,
             tx_size: row.try_get("size")?,
         };

@@ -53,13 +53,47 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
 }
 
-/// A replay from the log in progress.
+/// A replay from the log in progress. A task of its own reads and encodes
+/// the pages (one page ahead of the transport), so the socket never waits on a
+/// log round trip and the encoding runs beside the sending.
 struct Replay {
-    cursor: Cursor,
-    /// PEARL's state moved to where the replay starts (made on the first page).
-    pearl: Option<pearl::State>,
+    pages: tokio::sync::mpsc::Receiver<sqlx::Result<Vec<Event>>>,
+    /// Ends the reading task when the replay ends or is dropped.
+    _reader: tokio_util::task::AbortOnDropHandle<()>,
     /// (seq, n): the first n events of transaction seq were delivered already.
     skip: Option<(i64, usize)>,
+}
+
+/// Reads the log after `from` for a replay and hands over each page encoded;
+/// an empty page is the end. PEARL's state starts where the replay starts, so
+/// replayed events carry the counts and names live ones did.
+async fn read_ahead(sources: Sources, from: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>) {
+    let mut state = sources.pearl.lock().expect("pearl state lock").clone();
+    if let Err(err) = state.move_to(&sources.pool, from).await {
+        let _ = pages.send(Err(err)).await;
+        return;
+    }
+    let mut cursor = Cursor::after(from);
+    loop {
+        let (changes, next) = match log::read(&sources.pool, cursor, LOG_PAGE).await {
+            Ok(page) => page,
+            Err(err) => {
+                let _ = pages.send(Err(err)).await;
+                return;
+            }
+        };
+        let end = changes.is_empty();
+        let mut encoder = Encoder {
+            metrics: &sources.metrics,
+            pearl: &mut state,
+            count_untyped: false,
+        };
+        let events: Vec<Event> = changes.into_iter().flat_map(|change| encoder.encode(change)).collect();
+        if pages.send(Ok(events)).await.is_err() || end {
+            return;
+        }
+        cursor = next;
+    }
 }
 
 pub struct Subscriber {
@@ -148,11 +182,20 @@ impl Subscriber {
                 self.busy = true;
                 return next;
             }
-            if self.replay.is_some() {
-                if let Err(err) = Box::pin(self.replay_page()).await {
-                    tracing::error!(error = %err, "reading the log for a client");
-                    self.replay = None;
-                    return Next::LogUnavailable;
+            if let Some(replay) = self.replay.as_mut() {
+                match replay.pages.recv().await {
+                    Some(Ok(events)) if events.is_empty() => self.replay = None, // the log's end: live from here
+                    Some(Ok(events)) => self.deliver_page(events),
+                    Some(Err(err)) => {
+                        tracing::error!(error = %err, "reading the log for a client");
+                        self.replay = None;
+                        return Next::LogUnavailable;
+                    }
+                    None => {
+                        tracing::error!("the log reader of a client stopped");
+                        self.replay = None;
+                        return Next::LogUnavailable;
+                    }
                 }
                 continue;
             }
@@ -248,43 +291,18 @@ impl Subscriber {
             return;
         }
         self.sources.metrics.client_catch_ups.inc();
+        let (pages, receiver) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(read_ahead(self.sources.clone(), self.last_seq, pages));
         self.replay = Some(Replay {
-            cursor: Cursor::after(self.last_seq),
-            pearl: None,
+            pages: receiver,
+            _reader: tokio_util::task::AbortOnDropHandle::new(reader),
             skip,
         });
     }
 
-    /// One page of the replay, queued. Nothing changes until the page is read,
-    /// so a cancelled call loses nothing.
-    async fn replay_page(&mut self) -> sqlx::Result<()> {
-        let sources = self.sources.clone();
-        let replay = self.replay.as_ref().expect("a replay is in progress");
-        let mut state = match &replay.pearl {
-            Some(state) => state.clone(),
-            None => {
-                // PEARL's state as of where the replay starts, so replayed events
-                // carry the counts and names live ones did.
-                let mut state = sources.pearl.lock().expect("pearl state lock").clone();
-                state.move_to(&sources.pool, self.last_seq).await?;
-                state
-            }
-        };
-        let (changes, next) = log::read(&sources.pool, replay.cursor, LOG_PAGE).await?;
-        let mut skip = replay.skip;
-        if changes.is_empty() {
-            self.replay = None;
-            return Ok(());
-        }
-        let mut encoder = Encoder {
-            metrics: &sources.metrics,
-            pearl: &mut state,
-            count_untyped: false,
-        };
-        let mut events = Vec::new();
-        for change in changes {
-            events.extend(encoder.encode(change));
-        }
+    /// One replayed page, queued: what was delivered already is skipped.
+    fn deliver_page(&mut self, events: Vec<Event>) {
+        let mut skip = self.replay.as_ref().and_then(|r| r.skip);
         for event in events {
             if let Some((seq, n)) = skip.as_mut() {
                 if event.seq == *seq && *n > 0 {
@@ -297,11 +315,9 @@ impl Subscriber {
             }
             self.deliver(Arc::new(event));
         }
-        let replay = self.replay.as_mut().expect("a replay is in progress");
-        replay.cursor = next;
-        replay.skip = skip;
-        replay.pearl = Some(state);
-        Ok(())
+        if let Some(replay) = self.replay.as_mut() {
+            replay.skip = skip;
+        }
     }
 }
 
