@@ -276,6 +276,31 @@ async fn two_instances_deliver_the_same_stream_and_a_client_can_move_between_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_ticking_instance_stops_another_takes_over_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    // The first to start holds the lead and ticks; the second follows its ticks.
+    let leader = db.server().await;
+    let follower = db.server().await;
+    let mut client = Client::connect(&follower, "/ws").await;
+    client.next_of("connected").await;
+    client.subscribe(json!({})).await;
+    let writers = Writers::start(&db.url, 4, 400);
+    let mut events = client.events(300).await;
+    assert!(leader.state.metrics.ticks.get() > 0, "the first instance ticks");
+    assert_eq!(follower.state.metrics.ticks.get(), 0, "the second only follows");
+    // The leader goes away mid-stream: writes go on, and wait for a tick.
+    leader.stop().await.unwrap();
+    writers.finish().await;
+    events.extend(read_until_marker(&db, &mut client).await);
+    assert_matches_log(&db, &events, 0).await;
+    assert!(
+        follower.state.metrics.ticks.get() > 0,
+        "the follower took over the ticking"
+    );
+    follower.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_and_restarted_server_lets_the_client_resume_complete() {
     let db = TestDb::new().await;
     let first = common::Served::spawn(&[("DATABASE_URL", &db.url)]).await;

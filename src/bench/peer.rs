@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// Client sockets per loopback source address: one address has about 28,000
-/// ephemeral ports towards one server port, so larger runs use 127.0.0.2, ….
-const SOCKETS_PER_ADDRESS: usize = 20_000;
+/// ephemeral ports, shared by every scenario's sockets and their TIME_WAIT
+/// remains, so larger runs use 127.0.0.2, ….
+const SOCKETS_PER_ADDRESS: usize = 10_000;
 
 /// A server in a child process, stopped when dropped.
 pub struct Peer {
@@ -97,6 +98,10 @@ impl Peer {
 /// A TCP connection to `addr` from loopback source address number `i / SOCKETS_PER_ADDRESS`.
 pub async fn connect(i: usize, addr: SocketAddr) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    // Without this, a bind takes a port no other socket on that address holds
+    // (TIME_WAIT ones of an earlier scenario included); with it, the port is
+    // chosen at connect, unique for the pair of addresses.
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)?;
     let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / SOCKETS_PER_ADDRESS) as u8);
     socket.bind((source, 0).into())?;
     let stream = socket.connect(addr).await?;

@@ -36,6 +36,9 @@ pub const CHANNEL: &str = "pgfeed";
 /// How long the connection may be quiet before the listener checks it is alive
 /// and that it has missed nothing.
 const QUIET_CHECK: Duration = Duration::from_secs(3);
+/// How often a follower tries for the lead: while nobody ticks, writers send
+/// nothing, so this bounds how long a departed leader holds the feed up.
+const FOLLOWER_CHECK: Duration = Duration::from_secs(1);
 /// How long that check may take before the connection is declared dead.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_PAGE: i64 = 2000;
@@ -240,7 +243,7 @@ impl Listener {
             let ticking = self.leader && !self.waiting;
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Stop::Shutdown,
-                next = tokio::time::timeout(if ticking { Duration::ZERO } else { QUIET_CHECK }, listener.try_recv()) => next,
+                next = tokio::time::timeout(self.quiet_after(), listener.try_recv()) => next,
             };
             let result = match next {
                 Ok(Ok(Some(notification))) => self.on_notification(listener, notification.payload()).await,
@@ -260,6 +263,15 @@ impl Listener {
                     return Stop::Lost(format!("ticking: {err}"));
                 }
             }
+        }
+    }
+
+    /// How long to wait for a notification before acting without one.
+    fn quiet_after(&self) -> Duration {
+        match (self.leader, self.waiting) {
+            (true, false) => Duration::ZERO, // ticking: look again right away
+            (true, true) => QUIET_CHECK,
+            (false, _) => FOLLOWER_CHECK,
         }
     }
 
