@@ -77,81 +77,81 @@ impl Default for Metrics {
             registry.register(name, help, counter.clone());
             counter
         };
-        let events_published = counter("pgfeed_events_published", "Events handed to the hub.");
+        let events_published = counter("pgfeed_events_published", "Events handed to the hub");
         let events_untyped = counter(
             "pgfeed_events_untyped",
-            "PEARL events whose row did not fit its type; delivered generic.",
+            "PEARL events whose row did not fit its type; delivered generic",
         );
         let notifications_received = counter(
             "pgfeed_notifications_received",
-            "Notifications received on channel pgfeed.",
+            "Notifications received on channel pgfeed",
         );
         let notifications_malformed = counter(
             "pgfeed_notifications_malformed",
-            "Notifications that could not be parsed (resolved from the log).",
+            "Notifications that could not be parsed (resolved from the log)",
         );
-        let log_catch_ups = counter("pgfeed_log_catch_ups", "Times the listener read the log.");
+        let log_catch_ups = counter("pgfeed_log_catch_ups", "Times the listener read the log");
         let ticks = counter(
             "pgfeed_ticks",
-            "Ticks (commit sequencing rounds) this instance ran as the leader.",
+            "Ticks (commit sequencing rounds) this instance ran as the leader",
         );
         let listener_reconnects = counter(
             "pgfeed_listener_reconnects",
-            "Times the LISTEN connection was re-established.",
+            "Times the LISTEN connection was re-established",
         );
         let client_catch_ups = counter(
             "pgfeed_client_catch_ups",
-            "Times a client was served from the log (resume or fell behind).",
+            "Times a client was served from the log (resume or fell behind)",
         );
         let clients_closed_slow = counter(
             "pgfeed_clients_closed_slow",
-            "Clients closed because they stopped reading.",
+            "Clients closed because they stopped reading",
         );
-        let ws_connections_total = counter("pgfeed_ws_connections", "WebSocket and SSE connections accepted.");
-        let client_errors = counter("pgfeed_client_errors", "Error messages sent to clients for bad input.");
-        let bytes_sent = counter("pgfeed_bytes_sent", "Bytes of events and messages queued to clients.");
+        let ws_connections_total = counter("pgfeed_ws_connections", "WebSocket and SSE connections accepted");
+        let client_errors = counter("pgfeed_client_errors", "Error messages sent to clients for bad input");
+        let bytes_sent = counter("pgfeed_bytes_sent", "Bytes of events and messages queued to clients");
         let auth_refusals = counter(
             "pgfeed_auth_refusals",
-            "Tokens refused: bad, expired, or missing past the auth deadline.",
+            "Tokens refused: bad, expired, or missing past the auth deadline",
         );
         let origin_refusals = counter(
             "pgfeed_origin_refusals",
-            "Requests refused for an Origin not in PGFEED_ALLOWED_ORIGINS.",
+            "Requests refused for an Origin not in PGFEED_ALLOWED_ORIGINS",
         );
         let rate_limited = counter(
             "pgfeed_rate_limited",
-            "Client messages refused by the per-connection rate limit.",
+            "Client messages refused by the per-connection rate limit",
         );
         let connections_refused = counter(
             "pgfeed_connections_refused",
-            "Connections refused at the connection cap.",
+            "Connections refused at the connection cap",
         );
         let forbidden = counter(
             "pgfeed_forbidden",
-            "Requests refused for a table or row outside the token's scope.",
+            "Requests refused for a table or row outside the token's scope",
         );
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
             gauge
         };
-        let ws_connections = gauge("pgfeed_ws_connections_open", "Open WebSocket connections.");
-        let head_seq = gauge("pgfeed_head_seq", "Last commit position delivered to the hub.");
+        let ws_connections = gauge("pgfeed_ws_connections_open", "Open WebSocket connections");
+        let head_seq = gauge("pgfeed_head_seq", "Last commit position delivered to the hub");
         let client_lag_max = gauge(
             "pgfeed_client_lag_max",
-            "Most events any connection has had waiting in the hub's ring (bounded by its capacity).",
+            "Most events any connection has had waiting in the hub's ring (bounded by its capacity)",
         );
         let notification_queue_usage_permille = gauge(
             "pgfeed_notification_queue_usage_permille",
-            "pg_notification_queue_usage() in thousandths, read at scrape time.",
+            "pg_notification_queue_usage() in thousandths, read at scrape time",
         );
         let log_rows = gauge(
             "pgfeed_log_rows",
-            "Rows in pgfeed.events (the planner's estimate), read at scrape time.",
+            "Rows in pgfeed.events (the planner's estimate), read at scrape time",
         );
         let log_oldest_seq = gauge(
             "pgfeed_log_oldest_seq",
-            "The oldest seq a client can resume after, read at scrape time.",
+            "The oldest seq a client can resume after, read at scrape time",
         );
         // 0.25 ms to about 4 s.
         let write_to_publish = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -159,7 +159,7 @@ impl Default for Metrics {
         ));
         registry.register(
             "pgfeed_write_to_publish_seconds",
-            "From a transaction's last logged row to its events reaching the hub.",
+            "From a transaction's last logged row to its events reaching the hub",
             write_to_publish.clone(),
         );
         Metrics {

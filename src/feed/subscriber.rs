@@ -42,6 +42,13 @@ pub enum Next {
     Closed,
 }
 
+/// What `Subscriber::step` found: something to hand out, or what to wait for.
+enum Step {
+    Ready(Next),
+    AwaitPage,
+    AwaitHub,
+}
+
 /// What the subscriber needs from the server.
 #[derive(Clone)]
 pub struct Sources {
@@ -178,26 +185,57 @@ impl Subscriber {
     /// The next thing to hand the transport. Cancel-safe.
     pub async fn next(&mut self) -> Next {
         loop {
-            if let Some(next) = self.ready.pop_front() {
-                self.busy = true;
+            let next = match self.step() {
+                Step::Ready(next) => return next,
+                Step::AwaitPage => {
+                    let page = self
+                        .replay
+                        .as_mut()
+                        .expect("a replay is in progress")
+                        .pages
+                        .recv()
+                        .await;
+                    self.on_page(page)
+                }
+                Step::AwaitHub => {
+                    let received = self.rx.recv().await;
+                    self.on_received(received)
+                }
+            };
+            if let Some(next) = next {
                 return next;
             }
-            if let Some(replay) = self.replay.as_mut() {
-                match replay.pages.recv().await {
-                    Some(Ok(events)) if events.is_empty() => self.replay = None, // the log's end: live from here
-                    Some(Ok(events)) => self.deliver_page(events),
-                    Some(Err(err)) => {
-                        tracing::error!(error = %err, "reading the log for a client");
-                        self.replay = None;
-                        return Next::LogUnavailable;
-                    }
-                    None => {
-                        tracing::error!("the log reader of a client stopped");
-                        self.replay = None;
-                        return Next::LogUnavailable;
-                    }
-                }
-                continue;
+        }
+    }
+
+    /// The next thing to hand the transport if it is there without waiting:
+    /// a transport drains a burst in one go rather than one wake-up per event.
+    pub fn try_next(&mut self) -> Option<Next> {
+        loop {
+            let next = match self.step() {
+                Step::Ready(next) => return Some(next),
+                Step::AwaitHub => return None,
+                Step::AwaitPage => match self.replay.as_mut().expect("a replay is in progress").pages.try_recv() {
+                    Ok(page) => self.on_page(Some(page)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return None,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.on_page(None),
+                },
+            };
+            if next.is_some() {
+                return next;
+            }
+        }
+    }
+
+    /// Everything that can be decided without waiting; then what to wait for.
+    fn step(&mut self) -> Step {
+        loop {
+            if let Some(next) = self.ready.pop_front() {
+                self.busy = true;
+                return Step::Ready(next);
+            }
+            if self.replay.is_some() {
+                return Step::AwaitPage;
             }
             // What is waiting is taken without a wait (no lock on the ring's
             // tail per event); only when nothing is does the transport flush.
@@ -205,31 +243,64 @@ impl Subscriber {
                 Ok(event) => Ok(event),
                 Err(broadcast::error::TryRecvError::Empty) if self.busy => {
                     self.busy = false;
-                    return Next::Idle;
+                    return Step::Ready(Next::Idle);
                 }
-                Err(broadcast::error::TryRecvError::Empty) => self.rx.recv().await,
+                Err(broadcast::error::TryRecvError::Empty) => return Step::AwaitHub,
                 Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
                 Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
             };
-            match received {
-                Ok(event) => {
-                    self.received += 1;
-                    if self.received % LAG_SAMPLE == 1 {
-                        // A shared figure: measured now and then, not per event.
-                        let waiting = self.rx.len() as i64 + 1;
-                        self.sources
-                            .metrics
-                            .client_lag_max
-                            .inner()
-                            .fetch_max(waiting, Ordering::Relaxed);
-                    }
-                    self.on_live(event);
+            if let Some(next) = self.on_received(received) {
+                return Step::Ready(next);
+            }
+        }
+    }
+
+    /// An event (or news) from the hub.
+    fn on_received(&mut self, received: Result<Arc<Event>, broadcast::error::RecvError>) -> Option<Next> {
+        match received {
+            Ok(event) => {
+                self.received += 1;
+                if self.received % LAG_SAMPLE == 1 {
+                    // A shared figure: measured now and then, not per event.
+                    let waiting = self.rx.len() as i64 + 1;
+                    self.sources
+                        .metrics
+                        .client_lag_max
+                        .inner()
+                        .fetch_max(waiting, Ordering::Relaxed);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let skip = self.open.take();
-                    self.start_replay(skip);
-                }
-                Err(broadcast::error::RecvError::Closed) => return Next::Closed,
+                self.on_live(event);
+                None
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let skip = self.open.take();
+                self.start_replay(skip);
+                None
+            }
+            Err(broadcast::error::RecvError::Closed) => Some(Next::Closed),
+        }
+    }
+
+    /// A page from the replay's reader (`None`: the reader is gone).
+    fn on_page(&mut self, page: Option<sqlx::Result<Vec<Event>>>) -> Option<Next> {
+        match page {
+            Some(Ok(events)) if events.is_empty() => {
+                self.replay = None; // the log's end: live from here
+                None
+            }
+            Some(Ok(events)) => {
+                self.deliver_page(events);
+                None
+            }
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "reading the log for a client");
+                self.replay = None;
+                Some(Next::LogUnavailable)
+            }
+            None => {
+                tracing::error!("the log reader of a client stopped");
+                self.replay = None;
+                Some(Next::LogUnavailable)
             }
         }
     }
@@ -397,6 +468,29 @@ mod tests {
             matches!(s.next().await, Next::Idle),
             "idle once everything was handed out"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_taken_without_waiting_and_ends_in_idle() {
+        let hub = Hub::new(64);
+        let mut s = subscriber(&hub);
+        assert!(s.try_next().is_none(), "nothing waiting: nothing handed out");
+        for i in 0..3 {
+            hub.publish(event(1, i, 3, "t"));
+        }
+        let mut taken = Vec::new();
+        while let Some(next) = s.try_next() {
+            taken.push(match next {
+                Next::Event(e) => e.frame.to_string(),
+                Next::Whole(seq) => format!("whole {seq}"),
+                Next::Idle => "idle".into(),
+                _ => "other".into(),
+            });
+        }
+        assert_eq!(taken, ["1.0", "1.1", "1.2", "whole 1", "idle"]);
+        // The next event after the idle comes the same way, through `next` too.
+        hub.publish(event(2, 0, 1, "t"));
+        assert!(matches!(s.next().await, Next::Event(e) if e.seq == 2));
     }
 
     #[tokio::test(start_paused = true)]

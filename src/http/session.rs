@@ -128,6 +128,10 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response 
         })
 }
 
+/// Items a session takes from its subscriber per wake-up, at most (it then
+/// looks at the client's messages and the shutdown token again).
+const BURST: usize = 256;
+
 /// Why a session ended early.
 #[derive(Debug)]
 enum End {
@@ -341,18 +345,35 @@ impl Session {
                         Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
                     }
                 }
-                next = self.sub.next() => match next {
-                    // Events are queued; the socket is flushed when nothing more is waiting.
-                    Next::Event(event) => self.feed_event(socket, &event).await?,
-                    Next::Whole(_) => {}
-                    Next::Idle => {
-                        // Counted per burst: a shared counter per frame costs every core.
-                        self.state.metrics.bytes_sent.inc_by(std::mem::take(&mut self.unflushed_bytes));
-                        self.flush(socket).await?
+                next = self.sub.next() => {
+                    // A burst in one go: the other branches (the shutdown token, the
+                    // socket's read side, the timers) are set up again for each
+                    // pass of this loop, which cost more than the frames themselves.
+                    let mut next = Some(next);
+                    let mut handled = 0;
+                    while let Some(item) = next.take() {
+                        match item {
+                            // Events are queued; the socket is flushed when nothing more is waiting.
+                            Next::Event(event) => self.feed_event(socket, &event).await?,
+                            Next::Whole(_) => {}
+                            Next::Idle => {
+                                // Counted per burst: a shared counter per frame costs every core.
+                                self.state.metrics.bytes_sent.inc_by(std::mem::take(&mut self.unflushed_bytes));
+                                self.flush(socket).await?;
+                                break;
+                            }
+                            Next::LogUnavailable => {
+                                self.log_unavailable(socket).await?;
+                                break;
+                            }
+                            Next::Closed => return Ok(()),
+                        }
+                        handled += 1;
+                        if handled < BURST {
+                            next = self.sub.try_next();
+                        }
                     }
-                    Next::LogUnavailable => self.log_unavailable(socket).await?,
-                    Next::Closed => return Ok(()),
-                },
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > heartbeat * 2 {
                         tracing::debug!(connection = %self.id, "peer silent for two heartbeats; dropping");
