@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::peer::{self, Client, Peer, PeerKind};
@@ -26,16 +26,7 @@ pub async fn run(setup: &Setup, clients: usize) -> Result<Vec<Figure>> {
     let burst = (deliveries / clients).clamp(50, crate::config::defaults::HUB_CAPACITY / 2);
 
     let server = Peer::pgfeed(&setup.url, clients).await?;
-    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
-    let sockets = peer::open_many(clients, |i| async move {
-        let mut ws = peer::ws_connect(i, server.addr, "/ws").await?;
-        ws.send(Message::Text(subscribe.into())).await?;
-        for _ in 0..2 {
-            ws.next().await.transpose()?; // `connected`, `subscribed`
-        }
-        anyhow::Ok(ws)
-    })
-    .await?;
+    let sockets = peer::subscribed_clients(clients, server.addr).await?;
     let readers = spawn_readers(sockets, burst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("INSERT INTO bench_tracked (label) SELECT 'fan-' || g FROM generate_series(1, $1) g")

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use sqlx::postgres::PgListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -69,17 +69,7 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
 
     let clock = Clock::new(total);
     let server = Peer::pgfeed(&setup.url, clients).await?;
-    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
-    let sockets = peer::open_many(clients, |i| async move {
-        let mut ws = peer::ws_connect(i, server.addr, "/ws").await?;
-        ws.send(Message::Text(subscribe.into())).await?;
-        // `connected`, then `subscribed`.
-        for _ in 0..2 {
-            ws.next().await.transpose()?;
-        }
-        anyhow::Ok(ws)
-    })
-    .await?;
+    let sockets = peer::subscribed_clients(clients, server.addr).await?;
     let readers: Vec<_> = sockets
         .into_iter()
         .map(|mut ws| {

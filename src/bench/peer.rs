@@ -124,6 +124,20 @@ pub async fn ws_connect(i: usize, addr: SocketAddr, path: &str) -> Result<Client
     Ok(ws)
 }
 
+/// `n` clients of pgfeed's `/ws` at `addr`, each subscribed to the tracked bench table.
+pub async fn subscribed_clients(n: usize, addr: SocketAddr) -> Result<Vec<Client>> {
+    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+    open_many(n, |i| async move {
+        let mut ws = ws_connect(i, addr, "/ws").await?;
+        ws.send(Message::Text(subscribe.into())).await?;
+        for _ in 0..2 {
+            ws.next().await.transpose()?; // `connected`, then `subscribed`
+        }
+        anyhow::Ok(ws)
+    })
+    .await
+}
+
 /// Opens `n` connections with `open`, a few hundred at a time (a listen backlog
 /// is finite), in connection order.
 pub async fn open_many<T, F, Fut>(n: usize, open: F) -> Result<Vec<T>>

@@ -58,6 +58,25 @@ const WAITING_LOCK: i32 = 1;
 /// Held (session) by the one listener that ticks.
 const LEADER_LOCK: i32 = 2;
 
+/// Tries for pgfeed's advisory lock `key` for this connection's session.
+async fn try_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LOCK_SPACE)
+        .bind(key)
+        .fetch_one(&mut *listener)
+        .await
+}
+
+/// Lets go of pgfeed's advisory lock `key`.
+async fn unlock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(LOCK_SPACE)
+        .bind(key)
+        .execute(&mut *listener)
+        .await
+        .map(|_| ())
+}
+
 /// A log read that gives up after `LOG_READ_TIMEOUT`.
 async fn bounded<T>(read: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
     tokio::time::timeout(LOG_READ_TIMEOUT, read)
@@ -229,11 +248,7 @@ impl Listener {
                 .fetch_one(&mut *listener)
                 .await?;
         self.previous_backend = Some((pid, started));
-        self.leader = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(LOCK_SPACE)
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut *listener)
-            .await?;
+        self.leader = try_lock(listener, LEADER_LOCK).await?;
         self.waiting = false;
         Ok(())
     }
@@ -280,11 +295,7 @@ impl Listener {
         match Notice::parse(payload) {
             Notice::Wake if self.leader && self.waiting => {
                 // A writer committed while the leader waited: tick until it finds nothing.
-                sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                    .bind(LOCK_SPACE)
-                    .bind(WAITING_LOCK)
-                    .execute(&mut *listener)
-                    .await?;
+                unlock(listener, WAITING_LOCK).await?;
                 self.waiting = false;
                 Ok(())
             }
@@ -321,11 +332,7 @@ impl Listener {
         // Writers that committed before the lock was granted sent nothing: one last look.
         self.waiting = true;
         if self.tick_and_publish(listener).await? {
-            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(LOCK_SPACE)
-                .bind(WAITING_LOCK)
-                .execute(&mut *listener)
-                .await?;
+            unlock(listener, WAITING_LOCK).await?;
             self.waiting = false;
             return Ok(true);
         }
@@ -362,11 +369,7 @@ impl Listener {
         if self.leader {
             log::tick(&mut *listener).await?;
         } else {
-            self.leader = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(LOCK_SPACE)
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut *listener)
-                .await?;
+            self.leader = try_lock(listener, LEADER_LOCK).await?;
             if self.leader {
                 tracing::info!(seq = self.last_seq, "this listener now ticks");
             }
