@@ -77,6 +77,12 @@ async fn unlock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
         .map(|_| ())
 }
 
+/// How long a tick may take before its connection counts as dead: short, so a
+/// silently dead connection is replaced within seconds; doubled after each
+/// tick that ran out (a large backlog can take longer), up to the longest.
+const TICK_TIMEOUT: Duration = Duration::from_secs(4);
+const LONGEST_TICK_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A log read that gives up after `LOG_READ_TIMEOUT`.
 async fn bounded<T>(read: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
     tokio::time::timeout(LOG_READ_TIMEOUT, read)
@@ -106,6 +112,8 @@ pub struct Listener {
     waiting: bool,
     /// How long the next wait for writers may take.
     patience: Duration,
+    /// How long the next tick may take.
+    tick_timeout: Duration,
     /// The backend (pid, start) of the previous LISTEN connection: if it is
     /// still there (its network went away, Postgres has not noticed), it holds
     /// the leader lock, and the new connection ends it.
@@ -140,6 +148,7 @@ impl Listener {
             leader: false,
             waiting: false,
             patience: SHORTEST_PATIENCE,
+            tick_timeout: TICK_TIMEOUT,
             previous_backend: None,
             pearl,
         }
@@ -234,7 +243,7 @@ impl Listener {
     /// Ends this instance's previous LISTEN backend if it lingers, then tries
     /// for the lead. A new connection starts ticking (not waiting).
     async fn take_the_lead(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
-        if let Some((pid, started)) = self.previous_backend.take() {
+        if let Some((pid, started)) = self.previous_backend.clone() {
             sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
             )
@@ -247,8 +256,16 @@ impl Listener {
             sqlx::query_as("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
                 .fetch_one(&mut *listener)
                 .await?;
-        self.previous_backend = Some((pid, started));
+        let ended_one = self.previous_backend.replace((pid, started)).is_some();
         self.leader = try_lock(listener, LEADER_LOCK).await?;
+        // A backend just ended lets go of its locks only as it exits.
+        for _ in 0..20 {
+            if self.leader || !ended_one {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.leader = try_lock(listener, LEADER_LOCK).await?;
+        }
         self.waiting = false;
         Ok(())
     }
@@ -277,6 +294,20 @@ impl Listener {
                 if let Err(err) = self.tick_round(listener).await {
                     return Stop::Lost(format!("ticking: {err}"));
                 }
+            }
+        }
+    }
+
+    /// A tick that gives up after `tick_timeout`, which grows after each that does.
+    async fn bounded_tick<T>(&mut self, tick: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
+        match tokio::time::timeout(self.tick_timeout, tick).await {
+            Ok(done) => {
+                self.tick_timeout = TICK_TIMEOUT;
+                done
+            }
+            Err(_) => {
+                self.tick_timeout = (self.tick_timeout * 2).min(LONGEST_TICK_TIMEOUT);
+                Err(sqlx::Error::PoolTimedOut)
             }
         }
     }
@@ -346,12 +377,13 @@ impl Listener {
         let before = self.last_seq;
         if self.partial.is_some() {
             // A transaction published in part: the catch-up knows how to continue it.
-            bounded(log::tick(&mut *listener)).await?;
+            self.bounded_tick(log::tick(&mut *listener)).await?;
             self.catch_up().await?;
             return Ok(self.last_seq > before);
         }
-        let (head, changes, _) =
-            bounded(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE)).await?;
+        let (head, changes, _) = self
+            .bounded_tick(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE))
+            .await?;
         let full_page = changes.len() as i64 >= LOG_PAGE;
         for change in changes {
             self.publish(change);
