@@ -80,7 +80,6 @@ fn event(table: &str, new: Option<Value>, old: Option<Value>) -> pgfeed::feed::e
         seq: 1,
         kind: format!("{table}_updated"),
         table: table.to_string(),
-        data: new.clone().or(old.clone()).unwrap_or(Value::Null),
         rows: std::sync::Arc::new((new, old)),
         audience: pgfeed::feed::pearl::Audience::All,
         opens_tx: true,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::change::{Change, Op};
-use super::pearl::{self, Audience, Message};
+use super::pearl::{self, Audience};
 use super::timestamps;
 use crate::metrics::Metrics;
 
@@ -19,8 +19,6 @@ pub struct Event {
     /// `study_created`, `comment_resolved`, ...
     pub kind: String,
     pub table: String,
-    /// The message's `data`: the row, or PEARL's shape of the change.
-    pub data: Value,
     /// The change's (new, old) rows, shared by its events: filters and scopes judge by them.
     pub rows: Arc<(Option<Value>, Option<Value>)>,
     /// Which endpoints send it.
@@ -92,11 +90,6 @@ impl Encoder<'_> {
             .iter_mut()
             .chain(change.old.iter_mut())
             .for_each(timestamps::normalize_row);
-        let data = match change.op {
-            Op::Delete => change.old.clone().unwrap_or(Value::Null),
-            Op::Truncate => serde_json::json!({ "table": change.table }),
-            _ => change.new.clone().unwrap_or(Value::Null),
-        };
         let changed = match (&change.new, &change.old) {
             (Some(Value::Object(new)), Some(Value::Object(old))) if change.op == Op::Update => Some(
                 new.iter()
@@ -123,20 +116,29 @@ impl Encoder<'_> {
         let outcome = self.pearl.on_change(&change, old_row.as_ref(), new_row.as_ref());
 
         let own_kind = format!("{}_{}", change.prefix, change.op.verb());
-        let own = Message {
-            kind: "",
-            data,
-            audience: outcome.row_audience,
-            derived: false,
-        };
         let count = 1 + outcome.messages.len();
         let rows = Arc::new((change.new.take(), change.old.take()));
+        let truncated;
+        // The row event's data is the row itself, not a copy of it.
+        let own_data = match change.op {
+            Op::Delete => rows.1.as_ref(),
+            Op::Truncate => {
+                truncated = serde_json::json!({ "table": change.table });
+                Some(&truncated)
+            }
+            _ => rows.0.as_ref(),
+        };
         let mut events = Vec::with_capacity(count);
-        for (n, message) in std::iter::once(own).chain(outcome.messages).enumerate() {
-            let kind = if n == 0 { own_kind.as_str() } else { message.kind };
+        let messages = std::iter::once((own_kind.as_str(), own_data, outcome.row_audience, false)).chain(
+            outcome
+                .messages
+                .iter()
+                .map(|m| (m.kind, Some(&m.data), m.audience, m.derived)),
+        );
+        for (n, (kind, data, audience, derived)) in messages.enumerate() {
             let wire = Wire {
                 kind,
-                data: &message.data,
+                data: data.unwrap_or(&Value::Null),
                 seq: change.seq,
                 table: &change.table,
                 op: change.op.as_str(),
@@ -146,16 +148,18 @@ impl Encoder<'_> {
                 tx_index: change.tx_index,
                 tx_size: change.tx_size,
                 unresolved_count: if n == 0 { outcome.unresolved_count } else { None },
-                derived: message.derived,
+                derived,
             };
-            let frame = serde_json::to_string(&wire).expect("a Value always serializes");
+            // Sized for a typical row at once, rather than grown by doubling.
+            let mut frame = Vec::with_capacity(256);
+            serde_json::to_writer(&mut frame, &wire).expect("a Value always serializes");
+            let frame = String::from_utf8(frame).expect("serde_json writes UTF-8");
             events.push(Event {
                 seq: change.seq,
                 kind: kind.to_string(),
                 table: change.table.clone(),
-                data: message.data,
                 rows: rows.clone(),
-                audience: message.audience,
+                audience,
                 opens_tx: n == 0 && change.tx_index == 0,
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),

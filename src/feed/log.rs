@@ -105,23 +105,24 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
     let mut changes = Vec::with_capacity(rows.len());
     let mut at = cursor;
     for row in rows {
-        let seq: i64 = row.try_get("seq")?;
-        let written_us: i64 = row.try_get("written_us")?;
+        // Columns by position, in `read_sql!`'s order: by name is a hash lookup each.
+        let seq: i64 = row.try_get(0)?;
+        let written_us: i64 = row.try_get(9)?;
         let tx_index = if seq == at.seq && at.id > 0 { at.next_index } else { 0 };
         let change = Change {
             seq,
-            id: row.try_get("id")?,
-            table: row.try_get("table_name")?,
-            prefix: row.try_get("prefix")?,
-            op: Op::parse(row.try_get("op")?)
+            id: row.try_get(2)?,
+            table: row.try_get(3)?,
+            prefix: row.try_get(4)?,
+            op: Op::parse(row.try_get(5)?)
                 .ok_or_else(|| sqlx::Error::Protocol("unknown op in pgfeed.events".into()))?,
-            new: parse_json(row.try_get("new")?)?,
-            old: parse_json(row.try_get("old")?)?,
-            actor: row.try_get("actor")?,
+            new: parse_json(row.try_get::<Option<&str>, _>(6)?)?,
+            old: parse_json(row.try_get::<Option<&str>, _>(7)?)?,
+            actor: row.try_get(8)?,
             at: timestamps::from_unix_millis(written_us.div_euclid(1000)),
             written: written_us as f64 / 1e6,
             tx_index,
-            tx_size: row.try_get("size")?,
+            tx_size: row.try_get(1)?,
         };
         at = if change.is_last_of_tx() {
             Cursor::after(seq)
@@ -137,8 +138,8 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
     Ok((changes, at))
 }
 
-fn parse_json(text: Option<String>) -> sqlx::Result<Option<Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+fn parse_json(text: Option<&str>) -> sqlx::Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .transpose()
 }
 

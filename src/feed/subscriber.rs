@@ -423,7 +423,6 @@ mod tests {
             seq,
             kind: format!("{table}_created"),
             table: table.to_string(),
-            data: row.clone(),
             rows: Arc::new((Some(row), None)),
             audience: Audience::All,
             opens_tx: index == 0,

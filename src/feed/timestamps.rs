@@ -67,21 +67,19 @@ pub fn to_utc_millis(text: &str) -> Option<String> {
         None => 0,
         Some(b'Z') if at + 1 == b.len() => 0,
         Some(sign @ (b'+' | b'-')) => {
-            let rest = &text[at + 1..];
-            let parts: Vec<&str> = rest.split(':').collect();
-            if parts.is_empty()
-                || parts.len() > 3
-                || parts
-                    .iter()
-                    .any(|p| p.len() != 2 || !p.bytes().all(|d| d.is_ascii_digit()))
-            {
+            // `hh`, `hh:mm` or `hh:mm:ss`.
+            let rest = &b[at + 1..];
+            if !matches!(rest.len(), 2 | 5 | 8) {
                 return None;
             }
-            let value = parts
-                .iter()
-                .zip([3600, 60, 1])
-                .map(|(p, unit)| p.parse::<i64>().unwrap_or(0) * unit)
-                .sum::<i64>();
+            let mut value = 0;
+            for (part, unit) in rest.chunks(3).zip([3600, 60, 1]) {
+                let (digits, colon) = part.split_at(2);
+                if !digits.iter().all(u8::is_ascii_digit) || colon.iter().any(|&c| c != b':') {
+                    return None;
+                }
+                value += i64::from((digits[0] - b'0') * 10 + (digits[1] - b'0')) * unit;
+            }
             if *sign == b'+' {
                 value
             } else {
@@ -99,17 +97,27 @@ pub fn to_utc_millis(text: &str) -> Option<String> {
     Some(from_unix_millis(utc * 1000 + millis))
 }
 
-/// Milliseconds since 1970 as UTC `YYYY-MM-DDTHH:MM:SS.sssZ`.
+/// Milliseconds since 1970 as UTC `YYYY-MM-DDTHH:MM:SS.sssZ` (years 0 to 9999).
 pub fn from_unix_millis(ms: i64) -> String {
     let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
     let (days, secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    // Every event carries one or two of these: digits by hand, not `format!`.
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: i64| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999));
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, secs / 3600);
+    put(14, 2, secs % 3600 / 60);
+    put(17, 2, secs % 60);
+    put(20, 3, millis);
+    String::from_utf8(text.to_vec()).expect("ASCII digits")
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -179,6 +187,14 @@ mod tests {
     }
 
     #[test]
+    fn unix_millis_are_written_in_full() {
+        assert_eq!(from_unix_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(from_unix_millis(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(from_unix_millis(1_795_786_821_185), "2026-11-27T13:40:21.185Z");
+        assert_eq!(from_unix_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
     fn everything_else_passes_unchanged() {
         for text in [
             "2026-11-23",
@@ -189,6 +205,9 @@ mod tests {
             "2026-11-23T13:40:21 BC",
             "2026-11-23T13:40:21.",
             "2026-11-23T13:40:21+9",
+            "2026-11-23T13:40:21+0900",
+            "2026-11-23T13:40:21+09:0",
+            "2026-11-23T13:40:21+09-00",
             "infinity",
             "",
         ] {
