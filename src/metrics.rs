@@ -8,6 +8,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -39,6 +40,10 @@ pub struct Metrics {
     pub ws_connections: Gauge,
     /// Connections accepted since start.
     pub ws_connections_total: Counter,
+    /// Open connections by endpoint (`ws`, `pearl`, `sse`): which clients a server carries.
+    connections_open: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Events written to clients' sockets and streams (counted per burst on WebSockets).
+    pub events_delivered: Counter,
     /// Error messages sent to clients for bad input.
     pub client_errors: Counter,
     /// Bytes of events and messages queued to clients.
@@ -108,6 +113,10 @@ impl Default for Metrics {
             "Clients closed because they stopped reading",
         );
         let ws_connections_total = counter("pgfeed_ws_connections", "WebSocket and SSE connections accepted");
+        let events_delivered = counter(
+            "pgfeed_events_delivered",
+            "Events written to clients (each client's copy counted once)",
+        );
         let client_errors = counter("pgfeed_client_errors", "Error messages sent to clients for bad input");
         let bytes_sent = counter("pgfeed_bytes_sent", "Bytes of events and messages queued to clients");
         let auth_refusals = counter(
@@ -153,6 +162,12 @@ impl Default for Metrics {
             "pgfeed_log_oldest_seq",
             "The oldest seq a client can resume after, read at scrape time",
         );
+        let connections_open = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        registry.register(
+            "pgfeed_connections_open",
+            "Open client connections by endpoint: ws, pearl (the PEARL WebSocket), sse",
+            connections_open.clone(),
+        );
         // 0.25 ms to about 4 s.
         let write_to_publish = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
             0.000_25, 2.0, 15,
@@ -174,6 +189,8 @@ impl Default for Metrics {
             clients_closed_slow,
             ws_connections,
             ws_connections_total,
+            connections_open,
+            events_delivered,
             client_errors,
             bytes_sent,
             auth_refusals,
@@ -192,7 +209,24 @@ impl Default for Metrics {
     }
 }
 
+/// One open connection in `pgfeed_connections_open`, until it is dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
+    /// Counts a connection open on `endpoint` (`ws`, `pearl`, `sse`) while the guard lives.
+    pub fn connection_opened(&self, endpoint: &'static str) -> OpenConnection {
+        let gauge = self.connections_open.get_or_create(&[("endpoint", endpoint)]).clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
     /// The Prometheus (OpenMetrics) text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -545,6 +545,8 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
     assert!(value("pgfeed_events_published_total") >= 1.0);
     assert!(value("pgfeed_head_seq") >= 1.0);
     assert_eq!(value("pgfeed_ws_connections_open"), 1.0, "the bystander is still open");
+    assert_eq!(value(r#"pgfeed_connections_open{endpoint="ws"}"#), 1.0, "{body}");
+    assert!(value("pgfeed_events_delivered_total") >= 1.0, "the bystander's event");
     assert_eq!(value("pgfeed_log_oldest_seq"), 0.0);
     assert!(value("pgfeed_notification_queue_usage_permille") >= 0.0);
     assert!(body.contains("pgfeed_log_rows"));

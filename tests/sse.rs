@@ -163,6 +163,20 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
     common::assert_matches_log(&db, &events, seen_through).await;
     assert!(events.iter().all(|e| e["seq"].as_i64().unwrap() > seen_through));
     assert!(start < seen_through);
+    // The stream counts as an open SSE connection, and its events as delivered.
+    let (_, metrics) = common::http_get(&server, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // At least: the first stream's close is seen only when a write to it fails.
+    assert!(value(r#"pgfeed_connections_open{endpoint="sse"}"#) >= 1.0);
+    assert!(value("pgfeed_events_delivered_total") >= (events.len() + 4) as f64);
     server.stop().await.unwrap();
 }
 

@@ -207,6 +207,8 @@ pub struct Session {
     sub: Subscriber,
     /// Event bytes queued since the last flush, added to `bytes_sent` at the flush.
     unflushed_bytes: u64,
+    /// Events queued since the last flush, added to `events_delivered` with the bytes.
+    unflushed_events: u64,
 }
 
 impl Session {
@@ -237,6 +239,7 @@ impl Session {
             sub,
             state,
             unflushed_bytes: 0,
+            unflushed_events: 0,
         }
     }
 
@@ -250,6 +253,10 @@ impl Session {
         let metrics = self.state.metrics.clone();
         metrics.ws_connections.inc();
         metrics.ws_connections_total.inc();
+        let open = metrics.connection_opened(match self.protocol {
+            Protocol::General => "ws",
+            Protocol::Pearl => "pearl",
+        });
         tracing::debug!(connection = %self.id, protocol = ?self.protocol, "connected");
         let end = self.serve(&mut socket, opening).await;
         let closing = match end {
@@ -281,9 +288,9 @@ impl Session {
                 .await;
             }
         }
-        metrics.bytes_sent.inc_by(self.unflushed_bytes);
+        self.count_sent();
         metrics.ws_connections.dec();
-        drop(permit);
+        drop((open, permit));
         tracing::debug!(connection = %self.id, "disconnected");
     }
 
@@ -358,7 +365,7 @@ impl Session {
                             Next::Whole(_) => {}
                             Next::Idle => {
                                 // Counted per burst: a shared counter per frame costs every core.
-                                self.state.metrics.bytes_sent.inc_by(std::mem::take(&mut self.unflushed_bytes));
+                                self.count_sent();
                                 self.flush(socket).await?;
                                 break;
                             }
@@ -708,7 +715,17 @@ impl Session {
             Envelope::Event => event.enveloped(),
         };
         self.unflushed_bytes += frame.len() as u64;
+        self.unflushed_events += 1;
         self.feed(socket, Message::Text(frame)).await
+    }
+
+    /// Adds what was queued since the last count to `bytes_sent` and `events_delivered`.
+    fn count_sent(&mut self) {
+        let metrics = &self.state.metrics;
+        metrics.bytes_sent.inc_by(std::mem::take(&mut self.unflushed_bytes));
+        metrics
+            .events_delivered
+            .inc_by(std::mem::take(&mut self.unflushed_events));
     }
 
     /// Sends and flushes, giving up on a client that does not read.

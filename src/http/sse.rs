@@ -129,8 +129,11 @@ pub async fn events(
     };
     let shutdown = state.shutdown.clone();
     state.metrics.ws_connections_total.inc();
+    // The permit and the open-connection count go with the stream, when the client leaves.
+    let permit = (permit, state.metrics.connection_opened("sse"));
+    let metrics = state.metrics.clone();
     let live = stream::unfold((sub, permit, false), move |(mut sub, permit, done)| {
-        let shutdown = shutdown.clone();
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         async move {
             if done {
                 return None;
@@ -147,9 +150,12 @@ pub async fn events(
                     next = sub.next() => next,
                 };
                 let event = match next {
-                    Next::Event(event) => SseEvent::default()
-                        .event(event.kind.as_str())
-                        .data(event.frame.as_str()),
+                    Next::Event(event) => {
+                        metrics.events_delivered.inc();
+                        SseEvent::default()
+                            .event(event.kind.as_str())
+                            .data(event.frame.as_str())
+                    }
                     Next::Whole(seq) => SseEvent::default().id(seq.to_string()),
                     Next::Idle => continue,
                     Next::LogUnavailable => SseEvent::default().event("refresh_needed").data(format!(
