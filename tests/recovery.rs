@@ -281,9 +281,7 @@ async fn when_the_ticking_instance_stops_another_takes_over_and_nothing_is_lost(
     // The first to start holds the lead and ticks; the second follows its ticks.
     let leader = db.server().await;
     let follower = db.server().await;
-    let mut client = Client::connect(&follower, "/ws").await;
-    client.next_of("connected").await;
-    client.subscribe(json!({})).await;
+    let mut client = Client::subscribed(&follower, json!({})).await;
     let writers = Writers::start(&db.url, 4, 400);
     let mut events = client.events(300).await;
     assert!(leader.state.metrics.ticks.get() > 0, "the first instance ticks");

@@ -68,17 +68,17 @@ pub fn to_utc_millis(text: &str) -> Option<String> {
         Some(b'Z') if at + 1 == b.len() => 0,
         Some(sign @ (b'+' | b'-')) => {
             // `hh`, `hh:mm` or `hh:mm:ss`.
-            let rest = &b[at + 1..];
-            if !matches!(rest.len(), 2 | 5 | 8) {
+            let parts = (b.len() - at) / 3;
+            if !(b.len() - at).is_multiple_of(3) || parts > 3 {
                 return None;
             }
             let mut value = 0;
-            for (part, unit) in rest.chunks(3).zip([3600, 60, 1]) {
-                let (digits, colon) = part.split_at(2);
-                if !digits.iter().all(u8::is_ascii_digit) || colon.iter().any(|&c| c != b':') {
+            for (k, unit) in [3600, 60, 1].into_iter().take(parts).enumerate() {
+                let start = at + 1 + 3 * k;
+                if k > 0 && b[start - 1] != b':' {
                     return None;
                 }
-                value += i64::from((digits[0] - b'0') * 10 + (digits[1] - b'0')) * unit;
+                value += num(start..start + 2)? * unit;
             }
             if *sign == b'+' {
                 value
