@@ -351,7 +351,41 @@ async fn a_silently_dead_listener_connection_is_replaced_within_seconds() {
         "took {recovered:?} to notice the dead connection"
     );
     assert!(server.state.metrics.listener_reconnects.get() >= 1);
-    let events = read_until_marker(&db, &mut client).await;
+    let mut events = read_until_marker(&db, &mut client).await;
+
+    // Under writes the leader is mostly mid-round trip (a tick, a wait for
+    // writers, an unlock) when its connection dies: each must give up as soon.
+    let writers = Writers::start(&db.url, 2, usize::MAX);
+    for cut in 0..3 {
+        events.extend(client.events(40 + 25 * cut).await);
+        proxy.cut_existing();
+        let cut = Instant::now();
+        let mut since_cut = read_until_marker(&db, &mut client).await;
+        let recovered = cut.elapsed();
+        assert!(
+            recovered < Duration::from_secs(15),
+            "took {recovered:?} to replace the dead connection"
+        );
+        events.append(&mut since_cut);
+    }
+    writers.stop().await;
+    events.extend(read_until_marker(&db, &mut client).await);
     assert_matches_log(&db, &events, 2).await;
+    assert!(server.state.metrics.listener_reconnects.get() >= 4);
+    // The cut connections' backends (the listener's and its log reader's) were ended.
+    let mut lingering = i64::MAX;
+    for _ in 0..50 {
+        lingering = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name IN ('pgfeed-listener', 'pgfeed-log-reader')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if lingering == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lingering, 2, "one listener and one log reader, not the cut ones too");
     server.stop().await.unwrap();
 }

@@ -39,11 +39,13 @@ const QUIET_CHECK: Duration = Duration::from_secs(3);
 /// How often a follower tries for the lead: while nobody ticks, writers send
 /// nothing, so this bounds how long a departed leader holds the feed up.
 const FOLLOWER_CHECK: Duration = Duration::from_secs(1);
-/// How long that check may take before the connection is declared dead.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_PAGE: i64 = 2000;
-/// Longest a single log read or tick may take: a connection can be silently dead.
-const LOG_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a small round trip on the listener's connection may take (a lock,
+/// an unlock, a wait for writers, LISTEN): every one is bounded, or a dead
+/// connection met at that moment would hold the feed up for good.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leader whose tick found nothing waits for the writers that share
 /// the waiting lock to commit before it ticks again: short at first (it cannot
 /// tick while it waits, and other writers may be committing), longer while it
@@ -60,34 +62,49 @@ const LEADER_LOCK: i32 = 2;
 
 /// Tries for pgfeed's advisory lock `key` for this connection's session.
 async fn try_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+    let lock = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(LOCK_SPACE)
         .bind(key)
-        .fetch_one(&mut *listener)
-        .await
+        .fetch_one(&mut *listener);
+    within(ROUND_TRIP_TIMEOUT, lock).await
 }
 
 /// Lets go of pgfeed's advisory lock `key`.
 async fn unlock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
         .bind(LOCK_SPACE)
         .bind(key)
-        .execute(&mut *listener)
-        .await
-        .map(|_| ())
+        .execute(&mut *listener);
+    within(ROUND_TRIP_TIMEOUT, unlock).await.map(|_| ())
 }
 
-/// How long a tick may take before its connection counts as dead: short, so a
-/// silently dead connection is replaced within seconds; doubled after each
-/// tick that ran out (a large backlog can take longer), up to the longest.
-const TICK_TIMEOUT: Duration = Duration::from_secs(4);
-const LONGEST_TICK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a tick or a page of the log may take before its connection counts
+/// as dead (its peer gone without a word, or a proxy that swallows everything:
+/// only a missing answer shows it): short, so such a connection is replaced
+/// within seconds; doubled after each that ran out (a large backlog can take
+/// longer), up to the longest.
+const WORK_TIMEOUT: Duration = Duration::from_secs(4);
+const LONGEST_WORK_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A log read that gives up after `LOG_READ_TIMEOUT`.
-async fn bounded<T>(read: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
-    tokio::time::timeout(LOG_READ_TIMEOUT, read)
+/// Which backend serves `db`, as `pid/start`: a pid alone may be reused.
+async fn backend_identity<'e>(db: impl sqlx::PgExecutor<'e>) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT format('%s/%s', pid, backend_start) FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        .fetch_one(db)
         .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
+/// A round trip that gives up after `limit`, as an error: its connection is
+/// then taken for dead.
+async fn within<T>(limit: Duration, trip: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
+    tokio::time::timeout(limit, trip)
+        .await
+        .unwrap_or_else(|_| Err(silence(limit)))
+}
+
+/// The error of a round trip that got no answer within `limit`.
+fn silence(limit: Duration) -> sqlx::Error {
+    let what = format!("no answer within {limit:?}");
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 /// Where the listener's stream stands.
@@ -112,12 +129,13 @@ pub struct Listener {
     waiting: bool,
     /// How long the next wait for writers may take.
     patience: Duration,
-    /// How long the next tick may take.
-    tick_timeout: Duration,
-    /// The backend (pid, start) of the previous LISTEN connection: if it is
-    /// still there (its network went away, Postgres has not noticed), it holds
-    /// the leader lock, and the new connection ends it.
-    previous_backend: Option<(i32, String)>,
+    /// How long the next tick or log page may take.
+    work_timeout: Duration,
+    /// The backends (`pid/start`) of the previous LISTEN connection and its
+    /// log reader: if they are still there (their network went away, Postgres
+    /// has not noticed), the first holds the leader lock, and the new
+    /// connection ends both.
+    previous_backends: Vec<String>,
     /// PEARL's running state, shared with sessions that replay from the log.
     pearl: Arc<Mutex<pearl::State>>,
 }
@@ -148,8 +166,8 @@ impl Listener {
             leader: false,
             waiting: false,
             patience: SHORTEST_PATIENCE,
-            tick_timeout: TICK_TIMEOUT,
-            previous_backend: None,
+            work_timeout: WORK_TIMEOUT,
+            previous_backends: Vec::new(),
             pearl,
         }
     }
@@ -166,14 +184,20 @@ impl Listener {
                 // connection is never handed back, and a DBA sees exactly one listener.
                 let listen_pool = PgPoolOptions::new()
                     .max_connections(1)
-                    .acquire_timeout(LOG_READ_TIMEOUT)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .connect_lazy_with(db::connect_options(&self.url, db::LISTENER_APPLICATION_NAME)?);
                 let mut listener = PgListener::connect_with(&listen_pool).await.context("connecting")?;
-                listener.listen(CHANNEL).await.context("LISTEN")?;
+                within(ROUND_TRIP_TIMEOUT, listener.listen(CHANNEL))
+                    .await
+                    .context("LISTEN")?;
                 self.take_the_lead(&mut listener).await.context("taking the lead")?;
                 let options = db::connect_options(&self.url, db::LOG_READER_APPLICATION_NAME)?;
-                let reader = bounded(PgConnection::connect_with(&options)).await;
-                self.reader = Some(reader.context("connecting the log reader")?);
+                let mut reader = within(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                    .await
+                    .context("connecting the log reader")?;
+                let identity = within(ROUND_TRIP_TIMEOUT, backend_identity(&mut reader)).await?;
+                self.previous_backends.push(identity);
+                self.reader = Some(reader);
                 // Everything committed while nobody listened is in the log.
                 self.catch_up().await.context("reading the log")?;
                 anyhow::Ok(listener)
@@ -240,23 +264,21 @@ impl Listener {
         Ok(())
     }
 
-    /// Ends this instance's previous LISTEN backend if it lingers, then tries
-    /// for the lead. A new connection starts ticking (not waiting).
+    /// Ends this instance's previous backends if they linger, then tries for
+    /// the lead. A new connection starts ticking (not waiting).
     async fn take_the_lead(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
-        if let Some((pid, started)) = self.previous_backend.clone() {
-            sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+        let ended_one = !self.previous_backends.is_empty();
+        if ended_one {
+            let end = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE format('%s/%s', pid, backend_start) = ANY($1)",
             )
-            .bind(pid)
-            .bind(started)
-            .execute(&mut *listener)
-            .await?;
+            .bind(&self.previous_backends)
+            .execute(&mut *listener);
+            within(ROUND_TRIP_TIMEOUT, end).await?;
         }
-        let (pid, started): (i32, String) =
-            sqlx::query_as("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-                .fetch_one(&mut *listener)
-                .await?;
-        let ended_one = self.previous_backend.replace((pid, started)).is_some();
+        let identity = within(ROUND_TRIP_TIMEOUT, backend_identity(&mut *listener)).await?;
+        self.previous_backends = vec![identity];
         self.leader = try_lock(listener, LEADER_LOCK).await?;
         // A backend just ended lets go of its locks only as it exits.
         for _ in 0..20 {
@@ -282,10 +304,7 @@ impl Listener {
                 Ok(Ok(None)) => return Stop::Lost("connection closed".into()),
                 Ok(Err(err)) => return Stop::Lost(err.to_string()),
                 Err(_pause_over) if ticking => Ok(()),
-                Err(_quiet) => match tokio::time::timeout(CHECK_TIMEOUT, self.quiet_check(listener)).await {
-                    Ok(checked) => checked,
-                    Err(_) => return Stop::Lost("connection did not answer within 5 s".into()),
-                },
+                Err(_quiet) => self.quiet_check(listener).await,
             };
             if let Err(err) = result {
                 return Stop::Lost(format!("reading the log: {err}"));
@@ -298,18 +317,23 @@ impl Listener {
         }
     }
 
-    /// A tick that gives up after `tick_timeout`, which grows after each that does.
+    /// A tick that gives up after `work_timeout`.
     async fn bounded_tick<T>(&mut self, tick: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
-        match tokio::time::timeout(self.tick_timeout, tick).await {
-            Ok(done) => {
-                self.tick_timeout = TICK_TIMEOUT;
-                done
-            }
-            Err(_) => {
-                self.tick_timeout = (self.tick_timeout * 2).min(LONGEST_TICK_TIMEOUT);
-                Err(sqlx::Error::PoolTimedOut)
-            }
-        }
+        let limit = self.work_timeout;
+        let done = within(limit, tick).await;
+        self.worked(limit, done)
+    }
+
+    /// The outcome of work given `limit`: the next may take twice as long when
+    /// this one ran out, the shortest again when it did not.
+    fn worked<T>(&mut self, limit: Duration, done: sqlx::Result<T>) -> sqlx::Result<T> {
+        let ran_out = matches!(&done, Err(sqlx::Error::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut);
+        self.work_timeout = if ran_out {
+            (limit * 2).min(LONGEST_WORK_TIMEOUT)
+        } else {
+            WORK_TIMEOUT
+        };
+        done
     }
 
     /// How long to wait for a notification before acting without one.
@@ -349,12 +373,10 @@ impl Listener {
             self.patience = SHORTEST_PATIENCE;
             return Ok(true);
         }
-        let waiting: bool = bounded(
-            sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
-                .bind(self.patience.as_secs_f64())
-                .fetch_one(&mut *listener),
-        )
-        .await?;
+        let wait = sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
+            .bind(self.patience.as_secs_f64())
+            .fetch_one(&mut *listener);
+        let waiting: bool = within(ROUND_TRIP_TIMEOUT + self.patience, wait).await?;
         if !waiting {
             self.patience = (self.patience * 2).min(LONGEST_PATIENCE);
             return Ok(false);
@@ -399,14 +421,16 @@ impl Listener {
     /// sure they have missed nothing.
     async fn quiet_check(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
         if self.leader {
-            log::tick(&mut *listener).await?;
+            self.bounded_tick(log::tick(&mut *listener)).await?;
         } else {
             self.leader = try_lock(listener, LEADER_LOCK).await?;
             if self.leader {
                 tracing::info!(seq = self.last_seq, "this listener now ticks");
             }
         }
-        if bounded(log::head(self.reader()?)).await? > self.last_seq {
+        let limit = self.work_timeout;
+        let head = within(limit, log::head(self.reader()?)).await;
+        if self.worked(limit, head)? > self.last_seq {
             self.catch_up().await?;
         }
         Ok(())
@@ -426,7 +450,9 @@ impl Listener {
         self.metrics.log_catch_ups.inc();
         let mut cursor = log::Cursor::after(seq);
         loop {
-            let (changes, next) = bounded(log::read(self.reader()?, cursor, LOG_PAGE)).await?;
+            let limit = self.work_timeout;
+            let page = within(limit, log::read(self.reader()?, cursor, LOG_PAGE)).await;
+            let (changes, next) = self.worked(limit, page)?;
             // A short page is the end of the log: no second read to learn it.
             let last_page = (changes.len() as i64) < LOG_PAGE;
             for change in changes {
