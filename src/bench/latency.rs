@@ -1,7 +1,9 @@
 //! Commit → client latency: writers commit one-row transactions at a steady
 //! rate to the tracked table while `clients` WebSocket clients of a pgfeed
 //! server (its own process) note when each reaches them; then the same writes
-//! to the bare-NOTIFY table, for one client LISTENing on its channel directly. Latency runs from the moment the writer sends COMMIT, for both, so it
+//! to the bare-NOTIFY table, for as many clients of a bare tokio relay of that
+//! table's notifications, and for one client LISTENing on its channel
+//! directly. Latency runs from the moment the writer sends COMMIT, for all, so it
 //! holds the commit's own flush; the labels also give it from the moment COMMIT
 //! returned (0 for a row that arrived before: Postgres signals its listeners
 //! and answers the writer together), which is what pgfeed adds to a commit.
@@ -67,36 +69,17 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     let span = setup.span.max(Duration::from_secs(2));
     let total = (u64::from(rate) * span.as_secs()) as usize;
 
-    let clock = Clock::new(total);
     let server = Peer::pgfeed(&setup.url, clients).await?;
     let sockets = peer::subscribed_clients(clients, server.addr).await?;
-    let readers: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| {
-            let clock = clock.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::with_capacity(total);
-                while samples.len() < total {
-                    let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else {
-                        break;
-                    };
-                    if let Message::Text(text) = message {
-                        if let Some(sample) = event_number(&text).and_then(|i| clock.sample(i)) {
-                            samples.push(sample);
-                        }
-                    }
-                }
-                samples
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    write_at_rate(setup, &clock, rate, "bench_tracked").await?;
-    let mut ws_samples = Vec::with_capacity(total * clients);
-    for reader in readers {
-        ws_samples.extend(reader.await?);
-    }
+    let ws_samples = through_sockets(setup, sockets, total, rate, "bench_tracked").await?;
     drop(server);
+
+    // The same clients of a bare tokio relay of LISTEN: what this machine
+    // takes to carry a commit to so many sockets with nothing in between.
+    let relay = Peer::relay(&setup.url).await?;
+    let sockets = peer::open_many(clients, |i| async move { peer::ws_connect(i, relay.addr, "/").await }).await?;
+    let relay_samples = through_sockets(setup, sockets, total, rate, "bench_bare_notify").await?;
+    drop(relay);
 
     let clock = Clock::new(total);
     let direct = {
@@ -125,7 +108,11 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
         v.sort_by(f64::total_cmp);
         v
     };
-    let (ws_ms, direct_ms) = (ms(&ws_samples, |s| s.from_sent), ms(&direct_samples, |s| s.from_sent));
+    let (ws_ms, direct_ms, relay_ms) = (
+        ms(&ws_samples, |s| s.from_sent),
+        ms(&direct_samples, |s| s.from_sent),
+        ms(&relay_samples, |s| s.from_sent),
+    );
     let (ws_added, direct_added) = (
         ms(&ws_samples, |s| s.from_return),
         ms(&direct_samples, |s| s.from_return),
@@ -153,6 +140,20 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
             quantile(&direct_ms, 0.99),
             "<= 5 ms",
         ),
+        Figure::versus(
+            "latency",
+            format!("commit→client p50 ms vs a bare relay of LISTEN to {clients}"),
+            quantile(&ws_ms, 0.5),
+            quantile(&relay_ms, 0.5),
+            "-",
+        ),
+        Figure::versus(
+            "latency",
+            format!("commit→client p99 ms vs a bare relay of LISTEN to {clients}"),
+            quantile(&ws_ms, 0.99),
+            quantile(&relay_ms, 0.99),
+            "-",
+        ),
         Figure::alone(
             "latency",
             format!("events delivered / sent, {clients} clients at {rate} ev/s"),
@@ -160,6 +161,44 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
             "1.0",
         ),
     ])
+}
+
+/// Writes `total` events to `table` at `rate` while `sockets` note when each reaches them.
+async fn through_sockets(
+    setup: &Setup,
+    sockets: Vec<peer::Client>,
+    total: usize,
+    rate: u32,
+    table: &'static str,
+) -> Result<Vec<Sample>> {
+    let clock = Clock::new(total);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let clock = clock.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(total);
+                while samples.len() < total {
+                    let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else {
+                        break;
+                    };
+                    if let Message::Text(text) = message {
+                        if let Some(sample) = event_number(&text).and_then(|i| clock.sample(i)) {
+                            samples.push(sample);
+                        }
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_at_rate(setup, &clock, rate, table).await?;
+    let mut samples = Vec::with_capacity(total * readers.len());
+    for reader in readers {
+        samples.extend(reader.await?);
+    }
+    Ok(samples)
 }
 
 /// Commits `clock.committed.len()` one-row transactions at `rate` per second,

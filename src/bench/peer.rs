@@ -49,6 +49,13 @@ impl Peer {
         Peer::spawn(command, "listening on ").await
     }
 
+    /// The bare relay (`pgfeed bench-peer relay`) of channel `bench` on `url`.
+    pub async fn relay(url: &str) -> Result<Peer> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["bench-peer", "relay"]).env("DATABASE_URL", url);
+        Peer::spawn(command, "listening on ").await
+    }
+
     async fn spawn(mut command: Command, marker: &str) -> Result<Peer> {
         command
             .stdin(Stdio::piped())
@@ -161,12 +168,56 @@ pub enum PeerKind {
     /// Accepts WebSocket connections; on `send N LEN` (stdin) writes N pre-encoded
     /// text frames of LEN bytes to every connection: the floor for fan-out.
     Fanout,
+    /// Accepts WebSocket connections and writes every notification on channel
+    /// `bench` to each as a text frame: the floor for commit → client latency
+    /// with as many clients, Postgres to sockets with nothing in between.
+    Relay,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PeerArgs {
     #[arg(value_enum)]
     pub kind: PeerKind,
+
+    /// For `relay`: the database to LISTEN on.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+fn reference_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
+        .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER)
+}
+
+/// One relay connection: each notification as a frame, all that are waiting in one write.
+async fn relay_to(stream: TcpStream, mut notifications: tokio::sync::broadcast::Receiver<Utf8Bytes>) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(reference_config())).await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            next = notifications.recv() => {
+                let mut next = next;
+                loop {
+                    match next {
+                        Ok(payload) => if ws.feed(Message::Text(payload)).await.is_err() { return; },
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                    next = match notifications.try_recv() {
+                        Ok(payload) => Ok(payload),
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        Err(TryRecvError::Empty) => break,
+                    };
+                }
+                if ws.flush().await.is_err() { return; }
+            }
+            incoming = ws.next() => if incoming.is_none() { return; },
+        }
+    }
 }
 
 /// `pgfeed bench-peer`: runs a reference server until its stdin closes.
@@ -175,6 +226,18 @@ pub async fn serve_reference(args: PeerArgs) -> Result<()> {
     println!("listening on {}", listener.local_addr()?);
     let (frames_tx, frames_rx) = tokio::sync::watch::channel(Arc::new(Vec::<Utf8Bytes>::new()));
     let kind = args.kind;
+    let (relay_tx, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(65_536);
+    if kind == PeerKind::Relay {
+        let url = args.database_url.context("relay needs DATABASE_URL")?;
+        let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+        listener.listen("bench").await?;
+        let relay_tx = relay_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(notification) = listener.recv().await {
+                let _ = relay_tx.send(Utf8Bytes::from(notification.payload().to_string()));
+            }
+        });
+    }
     let accepting = tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
@@ -183,13 +246,13 @@ pub async fn serve_reference(args: PeerArgs) -> Result<()> {
             };
             match kind {
                 PeerKind::Tcp => held.push(stream),
+                PeerKind::Relay => {
+                    tokio::spawn(relay_to(stream, relay_tx.subscribe()));
+                }
                 PeerKind::Fanout => {
                     let mut frames = frames_rx.clone();
                     tokio::spawn(async move {
-                        let config = WebSocketConfig::default()
-                            .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
-                            .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER);
-                        let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
+                        let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(reference_config())).await else {
                             return;
                         };
                         loop {
