@@ -252,7 +252,9 @@ pub async fn serve_reference(args: PeerArgs) -> Result<()> {
                 PeerKind::Fanout => {
                     let mut frames = frames_rx.clone();
                     tokio::spawn(async move {
-                        let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(reference_config())).await else {
+                        let Ok(mut ws) =
+                            tokio_tungstenite::accept_async_with_config(stream, Some(reference_config())).await
+                        else {
                             return;
                         };
                         loop {

@@ -39,6 +39,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "commit positions assigned after commit",
             sql: include_str!("../../migrations/capture/0002_post_commit_sequencer.sql"),
         },
+        Migration {
+            version: 3,
+            description: "a tick finds its transactions by the log's index",
+            sql: include_str!("../../migrations/capture/0003_tick_by_the_log_index.sql"),
+        },
     ],
 };
 

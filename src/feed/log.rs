@@ -41,21 +41,14 @@ macro_rules! tick_opening {
     };
 }
 
-/// The log after a cursor: `{seq}`, `{id}`, `{limit}` are filled in (by
-/// `read` with parameters, by `tick_and_read` with the numbers themselves).
-/// `id = 0` means the whole of `seq` was read; ids start at 1.
+/// The log after a cursor (`pgfeed.read_log`, migrations/capture/0003): `{seq}`,
+/// `{id}`, `{limit}` are filled in (by `read` with parameters, by
+/// `tick_and_read` with the numbers themselves). `id = 0` means the whole of
+/// `seq` was read; ids start at 1.
 macro_rules! read_sql {
     ($seq:expr, $id:expr, $limit:expr) => {
-        // The commits first, by their primary key, then each one's rows by the
-        // log's: a page costs its own rows, however long the log behind it.
         format!(
-            r#"SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text AS new, e.old::text AS old,
-                      e.actor, (extract(epoch FROM e.created_at) * 1000000)::int8 AS written_us
-                 FROM (SELECT seq, tx, size FROM pgfeed.commits WHERE seq >= {seq} ORDER BY seq LIMIT {limit}) c
-                 JOIN LATERAL (SELECT * FROM pgfeed.events e
-                                WHERE e.tx = c.tx AND (c.seq > {seq} OR ({id} > 0 AND e.id > {id}))) e ON true
-                ORDER BY c.seq, e.id
-                LIMIT {limit}"#,
+            "SELECT * FROM pgfeed.read_log({seq}, {id}, {limit})",
             seq = $seq,
             id = $id,
             limit = $limit
