@@ -407,9 +407,7 @@ impl Listener {
             .bounded_tick(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE))
             .await?;
         let full_page = changes.len() as i64 >= LOG_PAGE;
-        for change in changes {
-            self.publish(change);
-        }
+        self.publish(changes);
         if full_page || self.last_seq < head {
             self.catch_up().await?;
         }
@@ -455,13 +453,12 @@ impl Listener {
             let (changes, next) = self.worked(limit, page)?;
             // A short page is the end of the log: no second read to learn it.
             let last_page = (changes.len() as i64) < LOG_PAGE;
-            for change in changes {
-                if skip > 0 && change.seq == skip_seq {
-                    skip -= 1;
-                    continue;
-                }
-                self.publish(change);
-            }
+            let unsent = changes.into_iter().filter(|change| {
+                let sent = skip > 0 && change.seq == skip_seq;
+                skip -= i32::from(sent);
+                !sent
+            });
+            self.publish(unsent.collect());
             if last_page {
                 return Ok(());
             }
@@ -473,30 +470,42 @@ impl Listener {
         self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
-    fn publish(&mut self, change: Change) {
-        let (seq, whole, tx_index) = (change.seq, change.is_last_of_tx(), change.tx_index);
-        let mut state = self.pearl.lock().expect("pearl state lock");
-        let mut encoder = Encoder {
-            metrics: &self.metrics,
-            pearl: &mut state,
-            count_untyped: true,
-        };
-        let written = change.written;
-        for event in encoder.encode(change) {
-            self.metrics.events_published.inc();
-            self.hub.publish(Arc::new(event));
+    /// Encodes `changes`, then hands their events to the hub together: a
+    /// connection woken by the first finds the rest already there and writes
+    /// them in one go, not one wake-up and one write each.
+    fn publish(&mut self, changes: Vec<Change>) {
+        let mut events = Vec::with_capacity(changes.len());
+        let mut written = Vec::with_capacity(changes.len());
+        {
+            let mut state = self.pearl.lock().expect("pearl state lock");
+            let mut encoder = Encoder {
+                metrics: &self.metrics,
+                pearl: &mut state,
+                count_untyped: true,
+            };
+            for change in changes {
+                let (seq, whole, tx_index) = (change.seq, change.is_last_of_tx(), change.tx_index);
+                if whole {
+                    written.push(change.written);
+                }
+                events.extend(encoder.encode(change).into_iter().map(Arc::new));
+                self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
+                if whole {
+                    self.last_seq = self.last_seq.max(seq);
+                }
+            }
         }
-        if whole {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.events_published.inc_by(events.len() as u64);
+        for event in events {
+            self.hub.publish(event);
+        }
+        self.hub.set_head(self.last_seq);
+        self.metrics.head_seq.set(self.last_seq);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for written in written {
             self.metrics.write_to_publish.observe((now - written).max(0.0));
-        }
-        self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
-        if whole && seq >= self.last_seq {
-            self.last_seq = seq;
-            self.hub.set_head(seq);
-            self.metrics.head_seq.set(seq);
         }
     }
 }
