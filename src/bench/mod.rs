@@ -7,7 +7,8 @@
 //! - `keepup`, `replay` ([`delivery`]): a WebSocket client following the
 //!   writers at their top rate; another replaying it all from the log.
 //! - `latency` ([`latency`]): commit → WebSocket client at a steady rate with
-//!   many clients, beside a client LISTENing on Postgres directly.
+//!   many clients, beside a client LISTENing on Postgres directly and beside a
+//!   bare tokio relay of LISTEN to as many clients.
 //! - `fanout` ([`fanout`]): deliveries per second to 1k and 10k clients,
 //!   beside a bare tokio server writing pre-encoded frames to as many sockets.
 //! - `memory` ([`memory`]): the server's resident memory per idle WebSocket,
@@ -43,7 +44,7 @@ pub enum Scenario {
     Keepup,
     /// Events per second streamed from the log to a client resuming from the start.
     Replay,
-    /// Commit → client latency, p50 and p99, vs a direct LISTEN client.
+    /// Commit → client latency, p50 and p99, vs a direct LISTEN client and a bare relay of LISTEN.
     Latency,
     /// Deliveries per second at 1k and 10k clients vs a bare tokio fan-out.
     Fanout,
