@@ -8,7 +8,6 @@
 //!
 //! Tokens are never logged and never appear in an error message.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -16,13 +15,15 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::feed::hub::Names;
+
 /// What a token may see and do.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     /// Tables it may see; absent: all tracked tables.
     #[serde(default)]
-    pub tables: Option<HashSet<String>>,
+    pub tables: Option<Names>,
     /// Rows it may see: each column must be present and equal to the value (or one of the values).
     #[serde(default, rename = "where")]
     pub where_: Map<String, Value>,

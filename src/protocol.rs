@@ -3,11 +3,11 @@
 //! codes, and the two envelopes. WebSocket sessions, SSE and `tail` all read
 //! these definitions; events themselves are encoded once in `feed::event`.
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::feed::hub::Names;
 
 /// Close codes.
 pub mod close {
@@ -35,9 +35,9 @@ pub enum Envelope {
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     #[serde(default)]
-    pub tables: Option<HashSet<String>>,
+    pub tables: Option<Names>,
     #[serde(default, alias = "event_types")]
-    pub types: Option<HashSet<String>>,
+    pub types: Option<Names>,
     #[serde(default, rename = "where")]
     pub where_: Option<Map<String, Value>>,
 }
@@ -48,7 +48,7 @@ impl From<Subscription> for crate::feed::hub::Filter {
             tables: s.tables,
             types: s.types,
             where_: s.where_,
-            except_types: HashSet::new(),
+            except_types: Names::default(),
         }
     }
 }
@@ -57,7 +57,7 @@ impl From<Subscription> for crate::feed::hub::Filter {
 #[serde(deny_unknown_fields)]
 struct TypesArg {
     #[serde(default, alias = "event_types")]
-    types: Option<HashSet<String>>,
+    types: Option<Names>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,7 +89,7 @@ pub enum Action {
     Subscribe(Subscription),
     /// Without types: stop everything; with types: stop only those.
     Unsubscribe {
-        types: Option<HashSet<String>>,
+        types: Option<Names>,
     },
     Snapshot {
         table: String,
@@ -213,14 +213,14 @@ pub enum ServerMessage<'a> {
     Pong,
     Subscribed {
         seq: i64,
-        tables: Option<&'a HashSet<String>>,
-        types: Option<&'a HashSet<String>>,
+        tables: Option<&'a Names>,
+        types: Option<&'a Names>,
         #[serde(rename = "where")]
         where_: Option<&'a Map<String, Value>>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
-        types: Option<&'a HashSet<String>>,
+        types: Option<&'a Names>,
     },
     /// Replay after `after` follows, then live events.
     Resumed {

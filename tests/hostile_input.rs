@@ -3,10 +3,8 @@
 //! the timestamp reader. No panic, and nothing grows with the input but the
 //! answer. Bounded, so it runs in every CI.
 
-use std::collections::HashSet;
-
 use pgfeed::auth::Scope;
-use pgfeed::feed::hub::Filter;
+use pgfeed::feed::hub::{Filter, Names};
 use pgfeed::protocol::{Action, Envelope, ServerMessage};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -128,11 +126,13 @@ proptest! {
         drop_types in prop::collection::hash_set(".{0,8}", 0..4),
     ) {
         let where_: Map<String, Value> = where_.into_iter().collect();
+        let tables: Option<Names> = tables.map(|t| t.into_iter().collect());
+        let drop_types: Names = drop_types.into_iter().collect();
         let mut filter = Filter {
             tables: tables.clone(),
             types: None,
             where_: Some(where_.clone()),
-            except_types: HashSet::new(),
+            except_types: Default::default(),
         };
         filter.drop_types(&drop_types);
         let e = event("t", new.clone(), old.clone());

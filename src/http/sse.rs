@@ -38,7 +38,7 @@ pub struct EventsQuery {
     after: Option<i64>,
 }
 
-fn list(text: &Option<String>) -> Option<std::collections::HashSet<String>> {
+fn list(text: &Option<String>) -> Option<crate::feed::hub::Names> {
     text.as_ref().map(|t| {
         t.split(',')
             .map(str::trim)
