@@ -192,26 +192,21 @@ fn reference_config() -> WebSocketConfig {
 
 /// One relay connection: each notification as a frame, all that are waiting in one write.
 async fn relay_to(stream: TcpStream, mut notifications: tokio::sync::broadcast::Receiver<Utf8Bytes>) {
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    use tokio::sync::broadcast::error::RecvError;
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(reference_config())).await else {
         return;
     };
     loop {
         tokio::select! {
             next = notifications.recv() => {
-                let mut next = next;
-                loop {
-                    match next {
-                        Ok(payload) => if ws.feed(Message::Text(payload)).await.is_err() { return; },
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    }
-                    next = match notifications.try_recv() {
-                        Ok(payload) => Ok(payload),
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                        Err(TryRecvError::Empty) => break,
-                    };
+                match next {
+                    Ok(payload) => if ws.feed(Message::Text(payload)).await.is_err() { return; },
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+                // A lag met here is met again (and skipped) by the next recv.
+                while let Ok(payload) = notifications.try_recv() {
+                    if ws.feed(Message::Text(payload)).await.is_err() { return; }
                 }
                 if ws.flush().await.is_err() { return; }
             }

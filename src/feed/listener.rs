@@ -86,6 +86,28 @@ async fn unlock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
 const WORK_TIMEOUT: Duration = Duration::from_secs(4);
 const LONGEST_WORK_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a tick or a page of the log may take: `WORK_TIMEOUT`, doubled
+/// after each that ran out, the shortest again after one that did not.
+struct WorkLimit {
+    next: Duration,
+}
+
+impl WorkLimit {
+    async fn bound<T>(&mut self, work: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
+        let limit = self.next;
+        match tokio::time::timeout(limit, work).await {
+            Ok(done) => {
+                self.next = WORK_TIMEOUT;
+                done
+            }
+            Err(_) => {
+                self.next = (limit * 2).min(LONGEST_WORK_TIMEOUT);
+                Err(silence(limit))
+            }
+        }
+    }
+}
+
 /// Which backend serves `db`, as `pid/start`: a pid alone may be reused.
 async fn backend_identity<'e>(db: impl sqlx::PgExecutor<'e>) -> sqlx::Result<String> {
     sqlx::query_scalar("SELECT format('%s/%s', pid, backend_start) FROM pg_stat_activity WHERE pid = pg_backend_pid()")
@@ -130,7 +152,7 @@ pub struct Listener {
     /// How long the next wait for writers may take.
     patience: Duration,
     /// How long the next tick or log page may take.
-    work_timeout: Duration,
+    work: WorkLimit,
     /// The backends (`pid/start`) of the previous LISTEN connection and its
     /// log reader: if they are still there (their network went away, Postgres
     /// has not noticed), the first holds the leader lock, and the new
@@ -166,7 +188,7 @@ impl Listener {
             leader: false,
             waiting: false,
             patience: SHORTEST_PATIENCE,
-            work_timeout: WORK_TIMEOUT,
+            work: WorkLimit { next: WORK_TIMEOUT },
             previous_backends: Vec::new(),
             pearl,
         }
@@ -317,25 +339,6 @@ impl Listener {
         }
     }
 
-    /// A tick that gives up after `work_timeout`.
-    async fn bounded_tick<T>(&mut self, tick: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
-        let limit = self.work_timeout;
-        let done = within(limit, tick).await;
-        self.worked(limit, done)
-    }
-
-    /// The outcome of work given `limit`: the next may take twice as long when
-    /// this one ran out, the shortest again when it did not.
-    fn worked<T>(&mut self, limit: Duration, done: sqlx::Result<T>) -> sqlx::Result<T> {
-        let ran_out = matches!(&done, Err(sqlx::Error::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut);
-        self.work_timeout = if ran_out {
-            (limit * 2).min(LONGEST_WORK_TIMEOUT)
-        } else {
-            WORK_TIMEOUT
-        };
-        done
-    }
-
     /// How long to wait for a notification before acting without one.
     fn quiet_after(&self) -> Duration {
         match (self.leader, self.waiting) {
@@ -399,12 +402,13 @@ impl Listener {
         let before = self.last_seq;
         if self.partial.is_some() {
             // A transaction published in part: the catch-up knows how to continue it.
-            self.bounded_tick(log::tick(&mut *listener)).await?;
+            self.work.bound(log::tick(&mut *listener)).await?;
             self.catch_up().await?;
             return Ok(self.last_seq > before);
         }
         let (head, changes, _) = self
-            .bounded_tick(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE))
+            .work
+            .bound(log::tick_and_read(&mut *listener, log::Cursor::after(before), LOG_PAGE))
             .await?;
         let full_page = changes.len() as i64 >= LOG_PAGE;
         self.publish(changes);
@@ -419,16 +423,15 @@ impl Listener {
     /// sure they have missed nothing.
     async fn quiet_check(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
         if self.leader {
-            self.bounded_tick(log::tick(&mut *listener)).await?;
+            self.work.bound(log::tick(&mut *listener)).await?;
         } else {
             self.leader = try_lock(listener, LEADER_LOCK).await?;
             if self.leader {
                 tracing::info!(seq = self.last_seq, "this listener now ticks");
             }
         }
-        let limit = self.work_timeout;
-        let head = within(limit, log::head(self.reader()?)).await;
-        if self.worked(limit, head)? > self.last_seq {
+        let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        if self.work.bound(log::head(reader)).await? > self.last_seq {
             self.catch_up().await?;
         }
         Ok(())
@@ -448,9 +451,8 @@ impl Listener {
         self.metrics.log_catch_ups.inc();
         let mut cursor = log::Cursor::after(seq);
         loop {
-            let limit = self.work_timeout;
-            let page = within(limit, log::read(self.reader()?, cursor, LOG_PAGE)).await;
-            let (changes, next) = self.worked(limit, page)?;
+            let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+            let (changes, next) = self.work.bound(log::read(reader, cursor, LOG_PAGE)).await?;
             // A short page is the end of the log: no second read to learn it.
             let last_page = (changes.len() as i64) < LOG_PAGE;
             let unsent = changes.into_iter().filter(|change| {
@@ -464,10 +466,6 @@ impl Listener {
             }
             cursor = next;
         }
-    }
-
-    fn reader(&mut self) -> sqlx::Result<&mut PgConnection> {
-        self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
     /// Encodes `changes`, then hands their events to the hub together: a

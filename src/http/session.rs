@@ -744,14 +744,11 @@ impl Session {
         // Room in the write buffer is the common case, and it needs no timer:
         // a timeout per frame (the runtime's handle, a clock read, a timer
         // entry dropped) was a fifth of the server's CPU in a fan-out.
-        let ready = futures_util::future::poll_fn(|cx| socket.poll_ready_unpin(cx));
-        match futures_util::FutureExt::now_or_never(ready) {
+        let mut ready = futures_util::future::poll_fn(|cx| socket.poll_ready_unpin(cx));
+        match futures_util::FutureExt::now_or_never(&mut ready) {
             Some(Ok(())) => {}
             Some(Err(_)) => return Err(End::Gone),
-            None => {
-                let ready = futures_util::future::poll_fn(|cx| socket.poll_ready_unpin(cx));
-                self.within_write_timeout(ready).await?;
-            }
+            None => self.within_write_timeout(ready).await?,
         }
         socket.start_send_unpin(message).map_err(|_| End::Gone)
     }
