@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -188,7 +189,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let tls = settings.tls.clone();
     let task = tokio::spawn(async move {
         match tls {
-            None => axum::serve(tcp, router)
+            None => axum::serve(tcp.tap_io(http::no_delay), router)
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
                 .context("serving HTTP")?,

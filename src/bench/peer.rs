@@ -236,9 +236,10 @@ pub async fn serve_reference(args: PeerArgs) -> Result<()> {
     let accepting = tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
+            crate::http::no_delay(&mut stream);
             match kind {
                 PeerKind::Tcp => held.push(stream),
                 PeerKind::Relay => {

@@ -24,6 +24,15 @@ use crate::config::defaults;
 use crate::feed::hub::Hub;
 use crate::metrics::Metrics;
 
+/// Every accepted socket sends at once: events are small frames, and with
+/// Nagle's algorithm one written while the last is unacknowledged waits for a
+/// client that only reads to acknowledge, up to its delayed ACK (40 ms on Linux).
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+    }
+}
+
 /// Per-connection limits and timers.
 #[derive(Debug, Clone)]
 pub struct Limits {

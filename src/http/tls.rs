@@ -54,7 +54,7 @@ impl TlsListener {
         let (done, ready) = mpsc::channel(64);
         let accepting = tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                let (mut stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of file descriptors and the like: pause instead of spinning.
@@ -63,6 +63,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                super::no_delay(&mut stream);
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
