@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
+use sqlx::postgres::PgListener;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -395,6 +396,47 @@ async fn actor_track_untrack_and_truncate() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("must match"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tick_announces_its_head_only_while_some_session_follows() {
+    let db = TestDb::new().await;
+    let mut bystander = PgListener::connect(&db.url).await.unwrap();
+    bystander.listen("pgfeed").await.unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('heard by nobody')")
+        .await;
+    db.tick().await;
+    assert!(quiet(&mut bystander).await, "with no follower a tick sends nothing");
+
+    let mut follower = db.raw_listener().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('announced')").await;
+    let head = db.tick().await;
+    for listener in [&mut follower, &mut bystander] {
+        let announced = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+            .await
+            .expect("an announcement")
+            .unwrap();
+        assert_eq!(announced.payload(), format!(r#"{{"seq":{head}}}"#));
+    }
+
+    sqlx::query("SELECT pg_advisory_unlock_shared(1885824613, 3)")
+        .execute(&mut follower)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('after the follower left')")
+        .await;
+    db.tick().await;
+    assert!(
+        quiet(&mut follower).await,
+        "the last follower gone, ticks are silent again"
+    );
+}
+
+/// Nothing arrives within a second.
+async fn quiet(listener: &mut PgListener) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), listener.recv())
+        .await
+        .is_err()
 }
 
 #[tokio::test]

@@ -286,6 +286,11 @@ async fn when_the_ticking_instance_stops_another_takes_over_and_nothing_is_lost(
     let mut events = client.events(300).await;
     assert!(leader.state.metrics.ticks.get() > 0, "the first instance ticks");
     assert_eq!(follower.state.metrics.ticks.get(), 0, "the second only follows");
+    assert_eq!(
+        followers_sharing_the_announcement_lock(&db).await,
+        1,
+        "ticks announce to it"
+    );
     // The leader goes away mid-stream: writes go on, and wait for a tick.
     leader.stop().await.unwrap();
     writers.finish().await;
@@ -295,7 +300,23 @@ async fn when_the_ticking_instance_stops_another_takes_over_and_nothing_is_lost(
         follower.state.metrics.ticks.get() > 0,
         "the follower took over the ticking"
     );
+    assert_eq!(
+        followers_sharing_the_announcement_lock(&db).await,
+        0,
+        "the new leader follows nobody: its ticks announce to nobody"
+    );
     follower.stop().await.unwrap();
+}
+
+/// Sessions sharing (pgfe, 3): the followers that ticks announce their heads to.
+async fn followers_sharing_the_announcement_lock(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted
+            AND classid::bigint = 1885824613 AND objid::bigint = 3 AND objsubid = 2",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,16 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a tick finds its transactions by the log's index",
             sql: include_str!("../../migrations/capture/0003_tick_by_the_log_index.sql"),
         },
+        Migration {
+            version: 4,
+            description: "a tick announces its head only to followers",
+            sql: include_str!("../../migrations/capture/0004_announce_to_followers.sql"),
+        },
+        Migration {
+            version: 5,
+            description: "a tick and a page of the log keep their plans",
+            sql: include_str!("../../migrations/capture/0005_plans_kept.sql"),
+        },
     ],
 };
 

@@ -36,8 +36,14 @@ impl Cursor {
 /// before the transaction's snapshot, so the tick sees the previous one's commit.
 macro_rules! tick_opening {
     () => {
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; LOCK TABLE pgfeed.sequencer IN EXCLUSIVE MODE; \
-         SELECT pgfeed.tick()"
+        concat!(locked_opening!(), "; SELECT pgfeed.tick()")
+    };
+}
+
+/// The statements before the tick: nothing in them takes a snapshot.
+macro_rules! locked_opening {
+    () => {
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; LOCK TABLE pgfeed.sequencer IN EXCLUSIVE MODE"
     };
 }
 
@@ -70,26 +76,35 @@ pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sq
     changes(rows, cursor)
 }
 
+/// A SELECT of one row that runs in a tick's round trip, in its transaction
+/// right before the tick (the listener lets go of a lock with it), or none.
+/// The transaction's snapshot is taken by it, after the sequencer's lock as
+/// the tick needs; it must not write.
+pub type Before = Option<&'static str>;
+
 /// One tick, and up to `limit` changes after `cursor` read in the same
 /// transaction: the head, the changes and the cursor after them, in one round
-/// trip. The changes are returned only once the tick has committed.
+/// trip, after `before`. The changes are returned only once the tick has committed.
 pub async fn tick_and_read(
     db: &mut sqlx::postgres::PgListener,
+    before: Before,
     cursor: Cursor,
     limit: i64,
 ) -> sqlx::Result<(i64, Vec<Change>, Cursor)> {
     // Numbers of our own, written into the text: a simple query has no parameters.
     let sql = format!(
-        "BEGIN; {}; {}; COMMIT",
-        tick_opening!(),
+        "BEGIN; {}; {}SELECT pgfeed.tick(); {}; COMMIT",
+        locked_opening!(),
+        before.map(|b| format!("{b}; ")).unwrap_or_default(),
         read_sql!(cursor.seq, cursor.id, limit)
     );
     let mut rows = sqlx::Executor::fetch_all(db, sql.as_str()).await?;
-    if rows.is_empty() {
+    let ticked = usize::from(before.is_some());
+    if rows.len() <= ticked {
         return Err(sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()));
     }
-    let head: i64 = rows.remove(0).try_get(0)?;
-    let (changes, next) = changes(rows, cursor)?;
+    let head: i64 = rows[ticked].try_get(0)?;
+    let (changes, next) = changes(rows.split_off(ticked + 1), cursor)?;
     Ok((head, changes, next))
 }
 
@@ -156,15 +171,21 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
         .await
 }
 
-/// One tick (see migrations/capture/0002): gives the next seqs to every
+/// One tick (see migrations/capture/0002 and 0004): gives the next seqs to every
 /// transaction committed since the last tick; returns the head after it.
-/// Its own transaction, in one round trip. A failed tick leaves the
-/// connection inside an aborted transaction: drop the connection.
-pub async fn tick(db: &mut sqlx::postgres::PgListener) -> sqlx::Result<i64> {
-    // A &str runs as one simple query: four statements, one round trip.
-    let rows = sqlx::Executor::fetch_all(db, concat!("BEGIN; ", tick_opening!(), "; COMMIT")).await?;
+/// Its own transaction, in one round trip, after `before`. A failed tick
+/// leaves the connection inside an aborted transaction: drop the connection.
+pub async fn tick(db: &mut sqlx::postgres::PgListener, before: Before) -> sqlx::Result<i64> {
+    // A simple query: its statements go in one round trip.
+    let rows = match before {
+        None => sqlx::Executor::fetch_all(db, concat!("BEGIN; ", tick_opening!(), "; COMMIT")).await?,
+        Some(before) => {
+            let sql = format!("BEGIN; {}; {before}; SELECT pgfeed.tick(); COMMIT", locked_opening!());
+            sqlx::Executor::fetch_all(db, sql.as_str()).await?
+        }
+    };
     let row = rows
-        .first()
+        .get(usize::from(before.is_some()))
         .ok_or_else(|| sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()))?;
     row.try_get(0)
 }

@@ -163,9 +163,15 @@ impl TestDb {
     }
 
     /// A LISTEN on channel pgfeed, as a raw client would.
+    /// A session LISTENing on channel pgfeed as a follower does: sharing
+    /// (pgfe, 3), so ticks announce their heads to it.
     pub async fn raw_listener(&self) -> PgListener {
         let mut listener = PgListener::connect(&self.url).await.unwrap();
         listener.listen("pgfeed").await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock_shared(1885824613, 3)")
+            .execute(&mut listener)
+            .await
+            .unwrap();
         listener
     }
 
