@@ -16,7 +16,8 @@
 //!    event uses, and snapshots through `pgfeed.snapshot`.
 //! 4. [`feed::listener`]: one `LISTEN` connection that ticks (on one elected
 //!    instance) and reads what each tick sequenced from the log as
-//!    [`feed::change::Change`]s in seq order; the others follow its ticks.
+//!    [`feed::change::Change`]s in seq order; the others follow its ticks'
+//!    `{"seq":N}` announcements, which ticks send only while someone follows.
 //! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
 //!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
 //!    also holds the `track --preset pearl` list) and encoded once.

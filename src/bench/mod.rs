@@ -3,7 +3,8 @@
 //!
 //! - `write` ([`write`]): transactions per second of 8 writers on copies of one
 //!   table: untracked, with a bare per-row `pg_notify` trigger, tracked by
-//!   pgfeed, and prototypes of other write paths.
+//!   pgfeed (with a pgfeed server sequencing it), and prototypes of other
+//!   write paths.
 //! - `keepup`, `replay` ([`delivery`]): a WebSocket client following the
 //!   writers at their top rate; another replaying it all from the log.
 //! - `latency` ([`latency`]): commit → WebSocket client at a steady rate with
