@@ -308,10 +308,13 @@ async fn when_the_ticking_instance_stops_another_takes_over_and_nothing_is_lost(
     follower.stop().await.unwrap();
 }
 
-/// Sessions sharing (pgfe, 3): the followers that ticks announce their heads to.
+/// Sessions sharing (pgfe, 3) in this test's database (advisory locks are per
+/// database; other tests' run in the same cluster): the followers that ticks
+/// announce their heads to.
 async fn followers_sharing_the_announcement_lock(db: &TestDb) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND classid::bigint = 1885824613 AND objid::bigint = 3 AND objsubid = 2",
     )
     .fetch_one(&db.pool)
