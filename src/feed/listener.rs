@@ -69,32 +69,32 @@ const FOLLOWER_LOCK: i32 = 3;
 static RELEASE_WAITING: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT pg_advisory_unlock({LOCK_SPACE}, {WAITING_LOCK})"));
 
+/// `SELECT <function>(LOCK_SPACE, key)`, one of Postgres's advisory-lock
+/// functions, on the listener's connection, bounded like every round trip.
+async fn advisory(listener: &mut PgListener, call: &'static str, key: i32) -> sqlx::Result<sqlx::postgres::PgRow> {
+    let trip = sqlx::query(call).bind(LOCK_SPACE).bind(key).fetch_one(&mut *listener);
+    within(ROUND_TRIP_TIMEOUT, trip).await
+}
+
 /// Tries for pgfeed's advisory lock `key` for this connection's session.
 async fn try_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<bool> {
-    let lock = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(key)
-        .fetch_one(&mut *listener);
-    within(ROUND_TRIP_TIMEOUT, lock).await
+    let row = advisory(listener, "SELECT pg_try_advisory_lock($1, $2)", key).await?;
+    sqlx::Row::try_get(&row, 0)
 }
 
 /// Shares pgfeed's advisory lock `key` for this connection's session, waiting
 /// for it (a tick holds it exclusively for a moment).
 async fn share_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
-    let lock = sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(key)
-        .execute(&mut *listener);
-    within(ROUND_TRIP_TIMEOUT, lock).await.map(|_| ())
+    advisory(listener, "SELECT pg_advisory_lock_shared($1, $2)", key)
+        .await
+        .map(drop)
 }
 
 /// Lets go of pgfeed's advisory lock `key`, held shared.
 async fn unshare_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
-    let unlock = sqlx::query("SELECT pg_advisory_unlock_shared($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(key)
-        .execute(&mut *listener);
-    within(ROUND_TRIP_TIMEOUT, unlock).await.map(|_| ())
+    advisory(listener, "SELECT pg_advisory_unlock_shared($1, $2)", key)
+        .await
+        .map(drop)
 }
 
 /// How long a tick or a page of the log may take before its connection counts
@@ -398,10 +398,8 @@ impl Listener {
         self.metrics.notifications_received.inc();
         match Notice::parse(payload) {
             Notice::Wake if self.leader && self.waiting => {
-                // A writer committed while the leader waited: tick until it
-                // finds nothing, letting go of the lock in the first tick's round trip.
-                self.waiting = false;
-                self.woken = true;
+                // A writer committed while the leader waited: tick until it finds nothing.
+                self.stop_waiting();
                 Ok(())
             }
             Notice::Wake => Ok(()),
@@ -435,8 +433,7 @@ impl Listener {
         // Writers that committed before the lock was granted sent nothing: one last look.
         self.waiting = true;
         if self.tick_and_publish(listener).await? {
-            self.waiting = false;
-            self.woken = true;
+            self.stop_waiting();
             return Ok(true);
         }
         Ok(false)
@@ -470,6 +467,13 @@ impl Listener {
             self.catch_up().await?;
         }
         Ok(self.last_seq > before)
+    }
+
+    /// The leader ticks again; the next tick lets go of the waiting lock
+    /// in its own round trip.
+    fn stop_waiting(&mut self) {
+        self.waiting = false;
+        self.woken = true;
     }
 
     /// What the next tick runs first: letting go of the waiting lock, once

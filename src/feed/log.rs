@@ -92,20 +92,32 @@ pub async fn tick_and_read(
     limit: i64,
 ) -> sqlx::Result<(i64, Vec<Change>, Cursor)> {
     // Numbers of our own, written into the text: a simple query has no parameters.
+    let read = read_sql!(cursor.seq, cursor.id, limit);
+    let (head, rows) = ticked(db, before, &read).await?;
+    let (changes, next) = changes(rows, cursor)?;
+    Ok((head, changes, next))
+}
+
+/// Runs a tick's transaction in one round trip (a simple query): `before`,
+/// the tick, then `then` (statements or nothing). The head, and the rows of `then`.
+async fn ticked(
+    db: &mut sqlx::postgres::PgListener,
+    before: Before,
+    then: &str,
+) -> sqlx::Result<(i64, Vec<sqlx::postgres::PgRow>)> {
     let sql = format!(
-        "BEGIN; {}; {}SELECT pgfeed.tick(); {}; COMMIT",
+        "BEGIN; {}; {}SELECT pgfeed.tick(); {then}{}COMMIT",
         locked_opening!(),
         before.map(|b| format!("{b}; ")).unwrap_or_default(),
-        read_sql!(cursor.seq, cursor.id, limit)
+        if then.is_empty() { "" } else { "; " }
     );
     let mut rows = sqlx::Executor::fetch_all(db, sql.as_str()).await?;
-    let ticked = usize::from(before.is_some());
-    if rows.len() <= ticked {
+    let at = usize::from(before.is_some());
+    if rows.len() <= at {
         return Err(sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()));
     }
-    let head: i64 = rows[ticked].try_get(0)?;
-    let (changes, next) = changes(rows.split_off(ticked + 1), cursor)?;
-    Ok((head, changes, next))
+    let rest = rows.split_off(at + 1);
+    Ok((rows[at].try_get(0)?, rest))
 }
 
 /// Log rows (as `read_sql!` selects them) as changes, and the cursor after them.
@@ -176,18 +188,7 @@ pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64
 /// Its own transaction, in one round trip, after `before`. A failed tick
 /// leaves the connection inside an aborted transaction: drop the connection.
 pub async fn tick(db: &mut sqlx::postgres::PgListener, before: Before) -> sqlx::Result<i64> {
-    // A simple query: its statements go in one round trip.
-    let rows = match before {
-        None => sqlx::Executor::fetch_all(db, concat!("BEGIN; ", tick_opening!(), "; COMMIT")).await?,
-        Some(before) => {
-            let sql = format!("BEGIN; {}; {before}; SELECT pgfeed.tick(); COMMIT", locked_opening!());
-            sqlx::Executor::fetch_all(db, sql.as_str()).await?
-        }
-    };
-    let row = rows
-        .get(usize::from(before.is_some()))
-        .ok_or_else(|| sqlx::Error::Protocol("pgfeed.tick() returned nothing".into()))?;
-    row.try_get(0)
+    ticked(db, before, "").await.map(|(head, _)| head)
 }
 
 /// Opens a REPEATABLE READ transaction that has just ticked: what it reads
