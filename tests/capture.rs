@@ -399,6 +399,26 @@ async fn actor_track_untrack_and_truncate() {
 }
 
 #[tokio::test]
+async fn the_tick_and_a_page_of_the_log_keep_their_plans_across_calls() {
+    let db = TestDb::new().await;
+    let configs: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT proname::text, proconfig FROM pg_proc
+          WHERE pronamespace = 'pgfeed'::regnamespace AND proname IN ('tick', 'read_log') ORDER BY proname",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(configs.len(), 2);
+    for (function, config) in configs {
+        let config = config.unwrap_or_default();
+        assert!(
+            config.iter().any(|c| c == "plan_cache_mode=force_generic_plan"),
+            "{function} would be planned anew on every call: {config:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_tick_announces_its_head_only_while_some_session_follows() {
     let db = TestDb::new().await;
     let mut bystander = PgListener::connect(&db.url).await.unwrap();

@@ -193,3 +193,16 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn an_accepted_socket_sends_without_delay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut stream, _) = accepted.unwrap();
+        super::no_delay(&mut stream);
+        assert!(stream.nodelay().unwrap());
+    }
+}
