@@ -26,6 +26,8 @@ pub struct Settings {
     pub retention: Duration,
     pub hub_capacity: usize,
     pub db_pool: u32,
+    /// Shortest time between the starts of two busy ticks (`--tick-interval`).
+    pub tick_interval: Duration,
     pub limits: Limits,
     /// Checks tokens; `None`: authentication off, allowed only on loopback or with `insecure`.
     pub auth: Option<Arc<crate::auth::Verifier>>,
@@ -43,6 +45,7 @@ impl Default for Settings {
             retention: defaults::duration(defaults::RETENTION),
             hub_capacity: defaults::HUB_CAPACITY,
             db_pool: defaults::DB_POOL,
+            tick_interval: defaults::duration(defaults::TICK_INTERVAL),
             limits: Limits::default(),
             auth: None,
             insecure: false,
@@ -81,6 +84,7 @@ impl TryFrom<&ServeArgs> for Settings {
             retention: args.retention,
             hub_capacity: args.hub_capacity,
             db_pool: args.db_pool,
+            tick_interval: args.tick_interval,
             limits: Limits {
                 heartbeat: args.heartbeat,
                 max_frame: args.max_frame,
@@ -169,6 +173,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         state.metrics.clone(),
         state.ready.clone(),
         state.pearl.clone(),
+        settings.tick_interval,
     );
     listener.start_at_head().await.context("reading the start position")?;
     let token = shutdown.clone();

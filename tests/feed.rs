@@ -412,8 +412,25 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
 
 #[tokio::test]
 async fn five_thousand_events_from_eight_writers_reach_three_clients_identically() {
+    eight_writers_reach_three_clients_identically(pgfeed::server::Settings::default()).await;
+}
+
+/// The tick interval changes how many transactions a tick sequences at once,
+/// never what arrives: ticks back to back, and ticks 25 ms apart under load.
+#[tokio::test]
+async fn the_same_holds_with_ticks_back_to_back_and_with_ticks_spaced_out() {
+    for tick_interval in [Duration::ZERO, Duration::from_millis(25)] {
+        eight_writers_reach_three_clients_identically(pgfeed::server::Settings {
+            tick_interval,
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+async fn eight_writers_reach_three_clients_identically(settings: pgfeed::server::Settings) {
     let db = TestDb::new().await;
-    let server = db.server().await;
+    let server = db.server_with(settings).await;
     let mut clients = common::subscribed_to_all(&server, 3).await;
     // 8 writers × 500 transactions, a quarter of them two rows: 5,000 events.
     assert_eq!(common::Writers::start(&db.url, 8, 500).finish().await, 4000);
