@@ -428,6 +428,43 @@ async fn the_same_holds_with_ticks_back_to_back_and_with_ticks_spaced_out() {
     }
 }
 
+/// Under a steady stream of commits, a tick that found work is followed by
+/// the next only after the interval: one commit every 50 ms for a second,
+/// with ticks 300 ms apart, takes a handful of ticks (each busy one, and at
+/// most two empty looks around each wait for writers), where ticks back to
+/// back take about three per commit.
+#[tokio::test]
+async fn under_steady_writes_busy_ticks_are_the_tick_interval_apart() {
+    let db = TestDb::new().await;
+    let interval = Duration::from_millis(300);
+    let server = db
+        .server_with(pgfeed::server::Settings {
+            tick_interval: interval,
+            ..Default::default()
+        })
+        .await;
+    let mut client = Client::subscribed(&server, json!({"tables": ["studies"]})).await;
+    let ticks = || server.state.metrics.ticks.get();
+    let (before, started) = (ticks(), std::time::Instant::now());
+    for i in 0..20 {
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('steady-{i}')"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = client.events(20).await;
+    assert_commit_order(&events);
+    let (taken, elapsed) = (ticks() - before, started.elapsed());
+    // Busy ticks: one per interval and one more; empty ones: two per busy one
+    // at most; and a quiet check each 3 s.
+    let busy = (elapsed.as_secs_f64() / interval.as_secs_f64()).ceil() as u64 + 1;
+    let bound = 3 * busy + elapsed.as_secs() / 3 + 1;
+    assert!(
+        taken <= bound,
+        "{taken} ticks in {elapsed:?} at {interval:?} apart: at most {bound} expected"
+    );
+    server.stop().await.unwrap();
+}
+
 async fn eight_writers_reach_three_clients_identically(settings: pgfeed::server::Settings) {
     let db = TestDb::new().await;
     let server = db.server_with(settings).await;
