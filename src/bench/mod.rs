@@ -245,12 +245,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Ten thousand sockets need more descriptors than a shell's default soft limit;
-/// the servers this process starts inherit the raised limit.
+/// the servers this process starts inherit the raised limit. Root may raise
+/// the hard limit too, up to the kernel's `fs.nr_open`.
 fn raise_file_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    if let Some(most) = nr_open {
+        if setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
+            return;
+        }
+    }
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// How many descriptors this process may hold.
+pub fn file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// The `q`-quantile (0..=1) of sorted `samples`.

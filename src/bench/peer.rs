@@ -92,6 +92,26 @@ impl Peer {
             .context("no VmRSS")
     }
 
+    /// The server's CPU time so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.child.id().context("the server has exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // After the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 12th and 13th fields.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("no /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11..13].iter().map(|f| f.parse::<f64>().unwrap_or(0.0)).sum();
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100);
+        Ok(ticks / per_second as f64)
+    }
+
     /// Sends the reference fan-out server a line of its control protocol.
     pub async fn tell(&mut self, line: &str) -> Result<()> {
         use tokio::io::AsyncWriteExt;
