@@ -25,7 +25,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::change::{Change, Notice};
-use super::event::Encoder;
+use super::event::{Encoder, Event, Interned};
 use super::hub::Hub;
 use super::log;
 use super::pearl;
@@ -183,6 +183,8 @@ pub struct Listener {
     previous_backends: Vec<String>,
     /// PEARL's running state, shared with sessions that replay from the log.
     pearl: Arc<Mutex<pearl::State>>,
+    /// Table names and event kinds, one text each for all events.
+    names: Interned,
 }
 
 enum Stop {
@@ -217,6 +219,7 @@ impl Listener {
             tick_interval,
             previous_backends: Vec::new(),
             pearl,
+            names: Interned::default(),
         }
     }
 
@@ -568,13 +571,14 @@ impl Listener {
                 metrics: &self.metrics,
                 pearl: &mut state,
                 count_untyped: true,
+                names: &mut self.names,
             };
             for change in changes {
                 let (seq, whole, tx_index) = (change.seq, change.is_last_of_tx(), change.tx_index);
                 if whole {
                     written.push(change.written);
                 }
-                events.extend(encoder.encode(change).into_iter().map(Arc::new));
+                events.extend(encoder.encode(change));
                 self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
                 if whole {
                     self.last_seq = self.last_seq.max(seq);
@@ -582,6 +586,9 @@ impl Listener {
             }
         }
         self.metrics.events_published.inc_by(events.len() as u64);
+        // Shared only now, all in a row: allocated one after another, a page's
+        // events lie side by side, and every connection reads them in order.
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         for event in events {
             self.hub.publish(event);
         }

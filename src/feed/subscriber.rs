@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
-use super::event::{Encoder, Event};
+use super::event::{Encoder, Event, Interned};
 use super::hub::{Filter, Hub};
 use super::log::{self, Cursor};
 use super::pearl::{self, Audience};
@@ -81,6 +81,7 @@ async fn read_ahead(sources: Sources, from: i64, pages: tokio::sync::mpsc::Sende
         return;
     }
     let mut cursor = Cursor::after(from);
+    let mut names = Interned::default();
     loop {
         let (changes, next) = match log::read(&sources.pool, cursor, LOG_PAGE).await {
             Ok(page) => page,
@@ -94,6 +95,7 @@ async fn read_ahead(sources: Sources, from: i64, pages: tokio::sync::mpsc::Sende
             metrics: &sources.metrics,
             pearl: &mut state,
             count_untyped: false,
+            names: &mut names,
         };
         let events: Vec<Event> = changes.into_iter().flat_map(|change| encoder.encode(change)).collect();
         if pages.send(Ok(events)).await.is_err() || end {
@@ -309,7 +311,7 @@ impl Subscriber {
         (event.audience == Audience::All || event.audience == self.audience)
             && self.filter.as_ref().is_some_and(|f| f.matches(event))
             && self.scope.as_ref().is_some_and(|scope| event.in_scope(scope))
-            && self.watermarks.get(&event.table).is_none_or(|w| event.seq > *w)
+            && self.watermarks.get(&*event.table).is_none_or(|w| event.seq > *w)
     }
 
     /// An event from the hub: queued when wanted, exactly once, whole transactions in order.
@@ -421,8 +423,8 @@ mod tests {
         let row = json!({"id": seq * 10 + index as i64, "tenant": seq % 2});
         Arc::new(Event {
             seq,
-            kind: format!("{table}_created"),
-            table: table.to_string(),
+            kind: format!("{table}_created").into(),
+            table: table.into(),
             rows: Arc::new((Some(row), None)),
             audience: Audience::All,
             opens_tx: index == 0,

@@ -152,9 +152,7 @@ pub async fn events(
                 let event = match next {
                     Next::Event(event) => {
                         metrics.events_delivered.inc();
-                        SseEvent::default()
-                            .event(event.kind.as_str())
-                            .data(event.frame.as_str())
+                        SseEvent::default().event(&*event.kind).data(event.frame.as_str())
                     }
                     Next::Whole(seq) => SseEvent::default().id(seq.to_string()),
                     Next::Idle => continue,
