@@ -76,8 +76,8 @@ fn client_message() -> impl Strategy<Value = String> {
 fn event(table: &str, new: Option<Value>, old: Option<Value>) -> pgfeed::feed::event::Event {
     pgfeed::feed::event::Event {
         seq: 1,
-        kind: format!("{table}_updated"),
-        table: table.to_string(),
+        kind: format!("{table}_updated").into(),
+        table: table.into(),
         rows: std::sync::Arc::new((new, old)),
         audience: pgfeed::feed::pearl::Audience::All,
         opens_tx: true,
