@@ -67,11 +67,8 @@ impl Scope {
             return false;
         }
         if self.where_.is_empty() {
-            // Before the rows: looking at them costs a cache miss per event.
+            // Decided before the rows: looking at them costs a cache miss per event.
             return true;
-        }
-        if new.is_none() && old.is_none() {
-            return self.where_.is_empty();
         }
         new.is_some_and(|r| self.allows_row(r)) || old.is_some_and(|r| self.allows_row(r))
     }

@@ -104,7 +104,12 @@ impl Peer {
             .1
             .split_whitespace()
             .collect();
-        let ticks: f64 = fields[11..13].iter().map(|f| f.parse::<f64>().unwrap_or(0.0)).sum();
+        let ticks: f64 = fields
+            .get(11..13)
+            .context("a short /proc stat")?
+            .iter()
+            .map(|f| f.parse::<f64>().unwrap_or(0.0))
+            .sum();
         let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()

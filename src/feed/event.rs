@@ -196,3 +196,22 @@ impl Encoder<'_> {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Interned;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_name_is_kept_once_and_the_set_stays_bounded() {
+        let mut names = Interned::default();
+        let (a, b) = (names.get("study"), names.get("study"));
+        assert!(Arc::ptr_eq(&a, &b), "the same name, the same text");
+        assert!(!Arc::ptr_eq(&a, &names.get("tracker")));
+        for i in 0..2 * Interned::MOST {
+            names.get(&format!("t{i}"));
+        }
+        assert!(names.0.len() <= Interned::MOST);
+        assert_eq!(&*names.get("study"), "study");
+    }
+}

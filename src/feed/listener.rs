@@ -25,7 +25,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::change::{Change, Notice};
-use super::event::{Encoder, Event, Interned};
+use super::event::{Encoder, Interned};
 use super::hub::Hub;
 use super::log;
 use super::pearl;
@@ -586,11 +586,11 @@ impl Listener {
             }
         }
         self.metrics.events_published.inc_by(events.len() as u64);
-        // Shared only now, all in a row: allocated one after another, a page's
-        // events lie side by side, and every connection reads them in order.
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        // Shared only now, after the whole page is encoded: allocated one after
+        // another, a page's events lie side by side for the connections that
+        // read them in order.
         for event in events {
-            self.hub.publish(event);
+            self.hub.publish(Arc::new(event));
         }
         self.hub.set_head(self.last_seq);
         self.metrics.head_seq.set(self.last_seq);
