@@ -22,7 +22,9 @@
 //! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
 //!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
 //!    also holds the `track --preset pearl` list) and encoded once.
-//! 6. [`feed::hub`]: one broadcast ring of shared events; filters per client.
+//! 6. [`feed::hub`]: one ring of shared events, kept in batches that lie side
+//!    by side; filters per client. [`feed::subscriber`] is one client's exact
+//!    stream over it, from the log whenever the client is behind.
 //! 7. [`http`]: the routes; [`http::access`] says who is asking (one extractor
 //!    for every route, with [`auth`]'s tokens and scopes), [`http::session`]
 //!    serves one WebSocket, falling back to the log whenever it is behind,

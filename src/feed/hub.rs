@@ -1,56 +1,203 @@
 //! The hub: every event once, in commit order, to every connection.
 //!
-//! A single broadcast ring of shared, already-encoded events. Each connection
-//! holds a cursor into it, not a copy; a connection that falls more than the
-//! ring's capacity behind is told it lagged and catches up from the log (the
-//! ring is its bounded queue), so a slow client never holds memory or delays
-//! anyone else.
+//! A single ring of shared, already-encoded events, kept in batches: each
+//! page the listener publishes is cut into runs of at most [`BATCH`] events
+//! that lie side by side in memory. Each connection holds a cursor into the
+//! ring and the batch it is reading, not a copy; it takes the ring's lock and
+//! a batch's reference count once per batch, not once per event (per event,
+//! those two were most of what a delivery cost beyond the socket write). A
+//! connection that falls more than the ring's capacity (in events) behind is
+//! told it lagged and catches up from the log (the ring is its bounded
+//! queue), so a slow client never holds memory or delays anyone else.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicI64, Ordering};
-
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
 use super::event::Event;
+
+/// The most events in one batch. A connection stuck in a socket write keeps
+/// its batch alive, so this bounds what a stuck client holds; the per-batch
+/// costs are spread over this many deliveries.
+pub const BATCH: usize = 32;
+
+/// Events published together, side by side.
+#[derive(Debug)]
+pub struct Batch {
+    /// How many events the hub published before this batch's first.
+    pub first: u64,
+    pub events: Box<[Event]>,
+}
+
+/// The ring: the newest batches, at most `capacity` events in all (the newest
+/// batch is kept whatever its size).
+struct Ring {
+    batches: VecDeque<Arc<Batch>>,
+    /// The number of `batches[0]`: batches are numbered from 0 as published.
+    first: u64,
+    /// Events in `batches`.
+    events: usize,
+    /// Events ever published.
+    published: u64,
+    /// The last transaction published whole.
+    head: i64,
+}
+
+impl Ring {
+    fn end(&self) -> u64 {
+        self.first + self.batches.len() as u64
+    }
+}
+
+struct Shared {
+    ring: RwLock<Ring>,
+    /// `Ring::end`, readable without the lock: a connection that has read
+    /// everything finds out without taking it.
+    end: AtomicU64,
+    /// `Ring::published`, for the lag figure.
+    published: AtomicU64,
+    /// `Ring::head`, for readers that want no lock.
+    head: AtomicI64,
+    /// Woken on every publish.
+    published_news: Notify,
+    capacity: usize,
+}
 
 /// Fan-out of live events. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    events: broadcast::Sender<Arc<Event>>,
-    /// The last transaction published whole.
-    head: Arc<AtomicI64>,
+    shared: Arc<Shared>,
 }
 
 impl Hub {
     /// A hub whose ring holds `capacity` events.
     pub fn new(capacity: usize) -> Hub {
         Hub {
-            events: broadcast::channel(capacity).0,
-            head: Arc::new(AtomicI64::new(0)),
+            shared: Arc::new(Shared {
+                ring: RwLock::new(Ring {
+                    batches: VecDeque::new(),
+                    first: 0,
+                    events: 0,
+                    published: 0,
+                    head: 0,
+                }),
+                end: AtomicU64::new(0),
+                published: AtomicU64::new(0),
+                head: AtomicI64::new(0),
+                published_news: Notify::new(),
+                capacity: capacity.max(1),
+            }),
         }
     }
 
-    /// Hands one event to every subscriber.
-    pub fn publish(&self, event: Arc<Event>) {
-        // An error only means nobody is subscribed right now.
-        let _ = self.events.send(event);
+    /// Hands `events` to every subscriber, in order, and records that every
+    /// transaction up to `head` is published whole. A subscriber joins either
+    /// before all of them or after all of them and the head that goes with them.
+    pub fn publish(&self, events: Vec<Event>, head: i64) {
+        let shared = &*self.shared;
+        {
+            let mut ring = shared.ring.write().expect("hub ring lock");
+            let mut events = events.into_iter().peekable();
+            while events.peek().is_some() {
+                let run: Box<[Event]> = events.by_ref().take(BATCH).collect();
+                let size = run.len();
+                let first = ring.published;
+                ring.batches.push_back(Arc::new(Batch { first, events: run }));
+                ring.events += size;
+                ring.published += size as u64;
+                while ring.events > shared.capacity && ring.batches.len() > 1 {
+                    let oldest = ring.batches.pop_front().expect("more than one batch");
+                    ring.events -= oldest.events.len();
+                    ring.first += 1;
+                }
+            }
+            ring.head = ring.head.max(head);
+            shared.end.store(ring.end(), Ordering::Release);
+            shared.published.store(ring.published, Ordering::Relaxed);
+            shared.head.store(ring.head, Ordering::SeqCst);
+        }
+        shared.published_news.notify_waiters();
     }
 
     /// Records that every transaction up to `seq` has been published.
     pub fn set_head(&self, seq: i64) {
-        self.head.fetch_max(seq, Ordering::SeqCst);
+        self.publish(Vec::new(), seq);
     }
 
     /// The last transaction published whole.
     pub fn head(&self) -> i64 {
-        self.head.load(Ordering::SeqCst)
+        self.shared.head.load(Ordering::SeqCst)
     }
 
-    /// A cursor at the live end of the ring.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.events.subscribe()
+    /// A cursor at the live end of the ring, and the head it starts after:
+    /// every event after that head is the cursor's to read.
+    pub fn subscribe(&self) -> (Cursor, i64) {
+        let ring = self.shared.ring.read().expect("hub ring lock");
+        let cursor = Cursor {
+            shared: self.shared.clone(),
+            next: ring.end(),
+        };
+        (cursor, ring.head)
+    }
+}
+
+/// Why a cursor has nothing to hand out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Behind {
+    /// Everything published was read.
+    Empty,
+    /// The ring let go of batches this cursor had not read.
+    Lagged,
+}
+
+/// One subscriber's place in the ring.
+pub struct Cursor {
+    shared: Arc<Shared>,
+    /// The number of the next batch to read.
+    next: u64,
+}
+
+impl Cursor {
+    /// The next batch, if it is there.
+    pub fn try_next(&mut self) -> Result<Arc<Batch>, Behind> {
+        if self.next == self.shared.end.load(Ordering::Acquire) {
+            return Err(Behind::Empty);
+        }
+        let ring = self.shared.ring.read().expect("hub ring lock");
+        if self.next < ring.first {
+            return Err(Behind::Lagged);
+        }
+        match ring.batches.get((self.next - ring.first) as usize) {
+            Some(batch) => {
+                self.next += 1;
+                Ok(batch.clone())
+            }
+            None => Err(Behind::Empty),
+        }
+    }
+
+    /// The next batch, waiting for it. Cancel-safe: a batch is taken only
+    /// when it is returned.
+    pub async fn next(&mut self) -> Result<Arc<Batch>, Behind> {
+        let shared = self.shared.clone();
+        loop {
+            let news = shared.published_news.notified();
+            tokio::pin!(news);
+            // Waiting from here on: a publish after the check below wakes us.
+            news.as_mut().enable();
+            match self.try_next() {
+                Err(Behind::Empty) => news.await,
+                taken => return taken,
+            }
+        }
+    }
+
+    /// Events published after `seen` of them (the lag of a subscriber that has seen `seen`).
+    pub fn waiting_after(&self, seen: u64) -> u64 {
+        self.shared.published.load(Ordering::Relaxed).saturating_sub(seen)
     }
 }
 
@@ -179,7 +326,79 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
-    use super::Names;
+    use super::{Behind, Hub, Names, BATCH};
+    use crate::feed::event::Event;
+    use crate::feed::pearl::Audience;
+    use std::sync::Arc;
+
+    fn events(seqs: std::ops::Range<i64>) -> Vec<Event> {
+        seqs.map(|seq| Event {
+            seq,
+            kind: "t_created".into(),
+            table: "t".into(),
+            rows: Arc::new((None, None)),
+            audience: Audience::All,
+            opens_tx: true,
+            closes_tx: true,
+            frame: seq.to_string().into(),
+            envelope_frame: Default::default(),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_page_is_read_in_batches_and_a_new_cursor_starts_after_its_head() {
+        let hub = Hub::new(1000);
+        let (mut early, head) = hub.subscribe();
+        assert_eq!(head, 0);
+        hub.publish(events(1..(2 * BATCH as i64 + 2)), 2 * BATCH as i64 + 1);
+        let (mut late, head) = hub.subscribe();
+        assert_eq!(head, 2 * BATCH as i64 + 1, "a cursor and its head go together");
+        assert_eq!(late.try_next().unwrap_err(), Behind::Empty);
+
+        let sizes: Vec<usize> = std::iter::from_fn(|| early.try_next().ok())
+            .map(|b| b.events.len())
+            .collect();
+        assert_eq!(sizes, [BATCH, BATCH, 1]);
+        assert_eq!(early.try_next().unwrap_err(), Behind::Empty);
+        assert_eq!(early.waiting_after(2 * BATCH as u64), 1);
+    }
+
+    #[test]
+    fn the_ring_holds_its_capacity_in_events_and_an_overtaken_cursor_lags() {
+        let hub = Hub::new(3 * BATCH);
+        let (mut slow, _) = hub.subscribe();
+        let (mut fast, _) = hub.subscribe();
+        for page in 0..4 {
+            let first = page * BATCH as i64 + 1;
+            hub.publish(events(first..first + BATCH as i64), first + BATCH as i64 - 1);
+            assert_eq!(fast.try_next().unwrap().first, page as u64 * BATCH as u64);
+        }
+        assert_eq!(
+            slow.try_next().unwrap_err(),
+            Behind::Lagged,
+            "the oldest batch was let go"
+        );
+        // A page larger than the ring overtakes every cursor.
+        hub.publish(events(1000..1000 + 4 * BATCH as i64), 2000);
+        assert_eq!(fast.try_next().unwrap_err(), Behind::Lagged);
+
+        // The newest batch is kept whatever the capacity.
+        let tiny = Hub::new(1);
+        let (mut cursor, _) = tiny.subscribe();
+        tiny.publish(events(1..BATCH as i64 + 1), BATCH as i64);
+        assert_eq!(cursor.try_next().unwrap().events.len(), BATCH);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_cursor_wakes_on_publish() {
+        let hub = Hub::new(64);
+        let (mut cursor, _) = hub.subscribe();
+        let waiting = tokio::spawn(async move { cursor.next().await.map(|b| b.events[0].seq) });
+        tokio::task::yield_now().await;
+        hub.publish(events(7..8), 7);
+        assert_eq!(waiting.await.unwrap(), Ok(7));
+    }
 
     #[test]
     fn names_are_a_set_whatever_order_they_come_in() {

@@ -586,13 +586,9 @@ impl Listener {
             }
         }
         self.metrics.events_published.inc_by(events.len() as u64);
-        // Shared only now, after the whole page is encoded: allocated one after
-        // another, a page's events lie side by side for the connections that
-        // read them in order.
-        for event in events {
-            self.hub.publish(Arc::new(event));
-        }
-        self.hub.set_head(self.last_seq);
+        // Shared only now, after the whole page is encoded: the hub keeps a
+        // page's events side by side for the connections that read them in order.
+        self.hub.publish(events, self.last_seq);
         self.metrics.head_seq.set(self.last_seq);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

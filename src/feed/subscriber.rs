@@ -9,16 +9,15 @@
 //!
 //! [`Subscriber::next`] is cancel-safe: a transport may `select!` on it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
-use tokio::sync::broadcast;
 
 use super::event::{Encoder, Event, Interned};
-use super::hub::{Filter, Hub};
-use super::log::{self, Cursor};
+use super::hub::{Batch, Behind, Cursor, Filter, Hub};
+use super::log::{self, Cursor as LogCursor};
 use super::pearl::{self, Audience};
 use crate::auth::Scope;
 use crate::metrics::Metrics;
@@ -26,11 +25,12 @@ use crate::metrics::Metrics;
 /// Log rows read per page while replaying.
 const LOG_PAGE: i64 = 1000;
 
-/// What the subscriber hands its transport next.
+/// What the subscriber hands its transport next. An event is lent, not
+/// copied: the transport takes its frame before it asks for more.
 #[derive(Debug)]
-pub enum Next {
+pub enum Next<'a> {
     /// An event to send.
-    Event(Arc<Event>),
+    Event(&'a Event),
     /// Transaction `seq` is now whole for this subscriber (something of it was
     /// sent): a resume cursor may name it (SSE's `id:`).
     Whole(i64),
@@ -38,13 +38,26 @@ pub enum Next {
     Idle,
     /// The log could not be read to fill a gap: the client must re-snapshot.
     LogUnavailable,
-    /// The hub is gone (shutdown).
-    Closed,
+}
+
+/// Where a handed-out event lies: in the live batch or the replay's page.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Live(usize),
+    Replayed(usize),
+}
+
+/// What was decided, before it is lent out.
+enum Out {
+    Event(At),
+    Whole(i64),
+    Idle,
+    LogUnavailable,
 }
 
 /// What `Subscriber::step` found: something to hand out, or what to wait for.
 enum Step {
-    Ready(Next),
+    Ready(Out),
     AwaitPage,
     AwaitHub,
 }
@@ -69,6 +82,9 @@ struct Replay {
     _reader: tokio_util::task::AbortOnDropHandle<()>,
     /// (seq, n): the first n events of transaction seq were delivered already.
     skip: Option<(i64, usize)>,
+    /// The page being handed out, and the index of its next event.
+    page: Vec<Event>,
+    at: usize,
 }
 
 /// Reads the log after `from` for a replay and hands over each page encoded;
@@ -80,7 +96,7 @@ async fn read_ahead(sources: Sources, from: i64, pages: tokio::sync::mpsc::Sende
         let _ = pages.send(Err(err)).await;
         return;
     }
-    let mut cursor = Cursor::after(from);
+    let mut cursor = LogCursor::after(from);
     let mut names = Interned::default();
     loop {
         let (changes, next) = match log::read(&sources.pool, cursor, LOG_PAGE).await {
@@ -110,7 +126,9 @@ pub struct Subscriber {
     /// Which kind of endpoint this is: row events (`Native`) or PEARL's messages.
     audience: Audience,
     /// Our place in the hub's ring.
-    rx: broadcast::Receiver<Arc<Event>>,
+    cursor: Cursor,
+    /// The batch being read from the hub, and the index of its next event.
+    live: Option<(Arc<Batch>, usize)>,
     /// What the client asked for; `None`: nothing yet.
     pub filter: Option<Filter>,
     /// What the client may see; `None`: nothing (not authenticated yet).
@@ -122,38 +140,37 @@ pub struct Subscriber {
     open: Option<(i64, usize)>,
     /// Whether any event of the open transaction was sent.
     sent_in_open: bool,
+    /// A transaction whose last event was just handled, to be named whole next.
+    whole: Option<i64>,
     /// Per table, the watermark of the client's latest snapshot of it.
     watermarks: HashMap<String, i64>,
     replay: Option<Replay>,
-    /// Decided, waiting for the transport (at most one log page).
-    ready: VecDeque<Next>,
     /// Something was handed out since the last `Idle`.
     busy: bool,
     /// Events taken from the hub, for sampling the lag.
     received: u64,
 }
 
-/// The lag is measured on every this many events from the hub.
+/// The lag is measured about once per this many events from the hub.
 const LAG_SAMPLE: u64 = 64;
 
 impl Subscriber {
     /// A subscriber at the live end: it receives everything after the hub's head.
     pub fn new(sources: Sources, audience: Audience) -> Subscriber {
-        // Subscribe before reading the head, so nothing after the head is missed.
-        let rx = sources.hub.subscribe();
-        let last_seq = sources.hub.head();
+        let (cursor, last_seq) = sources.hub.subscribe();
         Subscriber {
             sources,
             audience,
-            rx,
+            cursor,
+            live: None,
             filter: None,
             scope: None,
             last_seq,
             open: None,
             sent_in_open: false,
+            whole: None,
             watermarks: HashMap::new(),
             replay: None,
-            ready: VecDeque::new(),
             busy: false,
             received: 0,
         }
@@ -177,7 +194,7 @@ impl Subscriber {
             self.filter = Some(Filter::default());
         }
         self.watermarks.clear();
-        self.ready.clear();
+        self.whole = None;
         self.last_seq = after;
         self.open = None;
         self.sent_in_open = false;
@@ -185,10 +202,10 @@ impl Subscriber {
     }
 
     /// The next thing to hand the transport. Cancel-safe.
-    pub async fn next(&mut self) -> Next {
+    pub async fn next(&mut self) -> Next<'_> {
         loop {
-            let next = match self.step() {
-                Step::Ready(next) => return next,
+            let out = match self.step() {
+                Step::Ready(out) => Some(out),
                 Step::AwaitPage => {
                     let page = self
                         .replay
@@ -200,22 +217,23 @@ impl Subscriber {
                     self.on_page(page)
                 }
                 Step::AwaitHub => {
-                    let received = self.rx.recv().await;
-                    self.on_received(received)
+                    let taken = self.cursor.next().await;
+                    self.on_taken(taken);
+                    None
                 }
             };
-            if let Some(next) = next {
-                return next;
+            if let Some(out) = out {
+                return self.lend(out);
             }
         }
     }
 
     /// The next thing to hand the transport if it is there without waiting:
     /// a transport drains a burst in one go rather than one wake-up per event.
-    pub fn try_next(&mut self) -> Option<Next> {
+    pub fn try_next(&mut self) -> Option<Next<'_>> {
         loop {
-            let next = match self.step() {
-                Step::Ready(next) => return Some(next),
+            let out = match self.step() {
+                Step::Ready(out) => Some(out),
                 Step::AwaitHub => return None,
                 Step::AwaitPage => match self.replay.as_mut().expect("a replay is in progress").pages.try_recv() {
                     Ok(page) => self.on_page(Some(page)),
@@ -223,86 +241,118 @@ impl Subscriber {
                     Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.on_page(None),
                 },
             };
-            if next.is_some() {
-                return next;
+            if let Some(out) = out {
+                return Some(self.lend(out));
             }
+        }
+    }
+
+    fn lend(&self, out: Out) -> Next<'_> {
+        match out {
+            Out::Event(at) => Next::Event(self.event_at(at)),
+            Out::Whole(seq) => Next::Whole(seq),
+            Out::Idle => Next::Idle,
+            Out::LogUnavailable => Next::LogUnavailable,
+        }
+    }
+
+    fn event_at(&self, at: At) -> &Event {
+        match at {
+            At::Live(i) => &self.live.as_ref().expect("a live batch").0.events[i],
+            At::Replayed(i) => &self.replay.as_ref().expect("a replay").page[i],
         }
     }
 
     /// Everything that can be decided without waiting; then what to wait for.
     fn step(&mut self) -> Step {
         loop {
-            if let Some(next) = self.ready.pop_front() {
+            if let Some(seq) = self.whole.take() {
                 self.busy = true;
-                return Step::Ready(next);
+                return Step::Ready(Out::Whole(seq));
             }
-            if self.replay.is_some() {
-                return Step::AwaitPage;
-            }
-            // What is waiting is taken without a wait (no lock on the ring's
-            // tail per event); only when nothing is does the transport flush.
-            let received = match self.rx.try_recv() {
-                Ok(event) => Ok(event),
-                Err(broadcast::error::TryRecvError::Empty) if self.busy => {
-                    self.busy = false;
-                    return Step::Ready(Next::Idle);
+            if let Some(replay) = self.replay.as_mut() {
+                if replay.at == replay.page.len() {
+                    return Step::AwaitPage;
                 }
-                Err(broadcast::error::TryRecvError::Empty) => return Step::AwaitHub,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
-                Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
-            };
-            if let Some(next) = self.on_received(received) {
-                return Step::Ready(next);
+                let i = replay.at;
+                replay.at += 1;
+                if let Some(at) = self.on_replayed(i) {
+                    self.busy = true;
+                    return Step::Ready(Out::Event(at));
+                }
+                continue;
+            }
+            if let Some((batch, at)) = self.live.as_mut() {
+                if *at < batch.events.len() {
+                    let i = *at;
+                    *at += 1;
+                    if let Some(at) = self.on_live(i) {
+                        self.busy = true;
+                        return Step::Ready(Out::Event(at));
+                    }
+                    continue;
+                }
+            }
+            // What is waiting is taken without a wait; only when nothing is
+            // does the transport flush.
+            match self.cursor.try_next() {
+                Err(Behind::Empty) if self.busy => {
+                    self.busy = false;
+                    return Step::Ready(Out::Idle);
+                }
+                Err(Behind::Empty) => return Step::AwaitHub,
+                taken => self.on_taken(taken),
             }
         }
     }
 
-    /// An event (or news) from the hub.
-    fn on_received(&mut self, received: Result<Arc<Event>, broadcast::error::RecvError>) -> Option<Next> {
-        match received {
-            Ok(event) => {
-                self.received += 1;
-                if self.received % LAG_SAMPLE == 1 {
+    /// A batch (or news) from the hub.
+    fn on_taken(&mut self, taken: Result<Arc<Batch>, Behind>) {
+        match taken {
+            Ok(batch) => {
+                let before = self.received;
+                self.received += batch.events.len() as u64;
+                if before == 0 || before / LAG_SAMPLE != self.received / LAG_SAMPLE {
                     // A shared figure: measured now and then, not per event.
-                    let waiting = self.rx.len() as i64 + 1;
+                    let waiting = self.cursor.waiting_after(batch.first) as i64;
                     self.sources
                         .metrics
                         .client_lag_max
                         .inner()
                         .fetch_max(waiting, Ordering::Relaxed);
                 }
-                self.on_live(event);
-                None
+                self.live = Some((batch, 0));
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+            Err(Behind::Lagged) => {
                 let skip = self.open.take();
                 self.start_replay(skip);
-                None
             }
-            Err(broadcast::error::RecvError::Closed) => Some(Next::Closed),
+            Err(Behind::Empty) => {}
         }
     }
 
     /// A page from the replay's reader (`None`: the reader is gone).
-    fn on_page(&mut self, page: Option<sqlx::Result<Vec<Event>>>) -> Option<Next> {
+    fn on_page(&mut self, page: Option<sqlx::Result<Vec<Event>>>) -> Option<Out> {
         match page {
             Some(Ok(events)) if events.is_empty() => {
                 self.replay = None; // the log's end: live from here
                 None
             }
             Some(Ok(events)) => {
-                self.deliver_page(events);
+                let replay = self.replay.as_mut().expect("a replay is in progress");
+                replay.page = events;
+                replay.at = 0;
                 None
             }
             Some(Err(err)) => {
                 tracing::error!(error = %err, "reading the log for a client");
                 self.replay = None;
-                Some(Next::LogUnavailable)
+                Some(Out::LogUnavailable)
             }
             None => {
                 tracing::error!("the log reader of a client stopped");
                 self.replay = None;
-                Some(Next::LogUnavailable)
+                Some(Out::LogUnavailable)
             }
         }
     }
@@ -314,41 +364,69 @@ impl Subscriber {
             && self.watermarks.get(&*event.table).is_none_or(|w| event.seq > *w)
     }
 
-    /// An event from the hub: queued when wanted, exactly once, whole transactions in order.
-    fn on_live(&mut self, event: Arc<Event>) {
-        if event.seq <= self.last_seq {
-            return; // already delivered, or before this subscriber started
+    /// Event `i` of the live batch: handed out when wanted, exactly once,
+    /// whole transactions in order.
+    fn on_live(&mut self, i: usize) -> Option<At> {
+        let at = At::Live(i);
+        let (seq, opens) = {
+            let event = self.event_at(at);
+            (event.seq, event.opens_tx)
+        };
+        if seq <= self.last_seq {
+            return None; // already delivered, or before this subscriber started
         }
         let handled = match self.open {
-            Some((seq, handled)) if seq == event.seq => handled,
-            _ if !event.opens_tx => {
+            Some((open, handled)) if open == seq => handled,
+            _ if !opens => {
                 // Joined in the middle of a transaction: take it whole from the log.
                 self.start_replay(self.open);
-                return;
+                return None;
             }
             _ => {
                 self.sent_in_open = false;
                 0
             }
         };
-        self.open = Some((event.seq, handled + 1));
-        self.deliver(event);
+        self.open = Some((seq, handled + 1));
+        self.deliver(at)
     }
 
-    /// Queues `event` if wanted, and closes its transaction after its last event.
-    fn deliver(&mut self, event: Arc<Event>) {
-        let (seq, closes) = (event.seq, event.closes_tx);
-        if self.wants(&event) {
-            self.ready.push_back(Next::Event(event));
+    /// Event `i` of the replay's page: what was delivered already is skipped.
+    fn on_replayed(&mut self, i: usize) -> Option<At> {
+        let at = At::Replayed(i);
+        let (seq, opens) = {
+            let event = self.event_at(at);
+            (event.seq, event.opens_tx)
+        };
+        let replay = self.replay.as_mut().expect("a replay is in progress");
+        if let Some((skipped, n)) = replay.skip.as_mut() {
+            if seq == *skipped && *n > 0 {
+                *n -= 1;
+                return None;
+            }
+        }
+        if opens {
+            self.sent_in_open = false;
+        }
+        self.deliver(at)
+    }
+
+    /// Whether the event at `at` is to be handed out; closes its transaction
+    /// after its last event.
+    fn deliver(&mut self, at: At) -> Option<At> {
+        let event = self.event_at(at);
+        let (seq, closes, wanted) = (event.seq, event.closes_tx, self.wants(event));
+        if wanted {
             self.sent_in_open = true;
         }
         if closes {
             self.last_seq = seq;
             self.open = None;
             if std::mem::take(&mut self.sent_in_open) {
-                self.ready.push_back(Next::Whole(seq));
+                self.whole = Some(seq);
             }
         }
+        wanted.then_some(at)
     }
 
     /// Reads the log after `last_seq` from the next `next` call on; `skip`
@@ -356,11 +434,14 @@ impl Subscriber {
     fn start_replay(&mut self, skip: Option<(i64, usize)>) {
         // A fresh place at the live end first: whatever the hub gets from now on
         // is kept for us, and whatever it got before is in the log we read.
-        self.rx = self.sources.hub.subscribe();
+        let (cursor, head) = self.sources.hub.subscribe();
+        self.cursor = cursor;
+        self.live = None;
         self.open = None;
         if self.filter.is_none() {
             // Nothing is wanted: nothing to read.
-            self.last_seq = self.last_seq.max(self.sources.hub.head());
+            self.last_seq = self.last_seq.max(head);
+            self.replay = None;
             return;
         }
         self.sources.metrics.client_catch_ups.inc();
@@ -370,27 +451,9 @@ impl Subscriber {
             pages: receiver,
             _reader: tokio_util::task::AbortOnDropHandle::new(reader),
             skip,
+            page: Vec::new(),
+            at: 0,
         });
-    }
-
-    /// One replayed page, queued: what was delivered already is skipped.
-    fn deliver_page(&mut self, events: Vec<Event>) {
-        let mut skip = self.replay.as_ref().and_then(|r| r.skip);
-        for event in events {
-            if let Some((seq, n)) = skip.as_mut() {
-                if event.seq == *seq && *n > 0 {
-                    *n -= 1;
-                    continue;
-                }
-            }
-            if event.opens_tx {
-                self.sent_in_open = false;
-            }
-            self.deliver(Arc::new(event));
-        }
-        if let Some(replay) = self.replay.as_mut() {
-            replay.skip = skip;
-        }
     }
 }
 
@@ -419,9 +482,9 @@ mod tests {
     }
 
     /// Event `index` of `size` in transaction `seq`, a row of `table`.
-    fn event(seq: i64, index: usize, size: usize, table: &str) -> Arc<Event> {
+    fn event(seq: i64, index: usize, size: usize, table: &str) -> Vec<Event> {
         let row = json!({"id": seq * 10 + index as i64, "tenant": seq % 2});
-        Arc::new(Event {
+        vec![Event {
             seq,
             kind: format!("{table}_created").into(),
             table: table.into(),
@@ -431,7 +494,7 @@ mod tests {
             closes_tx: index + 1 == size,
             frame: format!("{seq}.{index}").into(),
             envelope_frame: Default::default(),
-        })
+        }]
     }
 
     async fn take(subscriber: &mut Subscriber, n: usize) -> Vec<String> {
@@ -454,12 +517,12 @@ mod tests {
         let mut s = subscriber(&hub);
         for (seq, size) in [(1, 2), (2, 1)] {
             for i in 0..size {
-                hub.publish(event(seq, i, size, "t"));
+                hub.publish(event(seq, i, size, "t"), 0);
             }
         }
         // Seq 1 again (a listener that re-read the log): dropped.
-        hub.publish(event(1, 0, 2, "t"));
-        hub.publish(event(3, 0, 1, "t"));
+        hub.publish(event(1, 0, 2, "t"), 0);
+        hub.publish(event(3, 0, 1, "t"), 0);
         assert_eq!(
             take(&mut s, 7).await,
             ["1.0", "1.1", "whole 1", "2.0", "whole 2", "3.0", "whole 3"]
@@ -477,7 +540,7 @@ mod tests {
         let mut s = subscriber(&hub);
         assert!(s.try_next().is_none(), "nothing waiting: nothing handed out");
         for i in 0..3 {
-            hub.publish(event(1, i, 3, "t"));
+            hub.publish(event(1, i, 3, "t"), 0);
         }
         let mut taken = Vec::new();
         while let Some(next) = s.try_next() {
@@ -490,7 +553,7 @@ mod tests {
         }
         assert_eq!(taken, ["1.0", "1.1", "1.2", "whole 1", "idle"]);
         // The next event after the idle comes the same way, through `next` too.
-        hub.publish(event(2, 0, 1, "t"));
+        hub.publish(event(2, 0, 1, "t"), 0);
         assert!(matches!(s.next().await, Next::Event(e) if e.seq == 2));
     }
 
@@ -501,8 +564,8 @@ mod tests {
         s.scope = Some(serde_json::from_value(json!({"where": {"tenant": 1}})).unwrap());
         s.set_watermark("a", 3);
         for seq in 1..=4 {
-            hub.publish(event(seq, 0, 2, "a"));
-            hub.publish(event(seq, 1, 2, "b"));
+            hub.publish(event(seq, 0, 2, "a"), 0);
+            hub.publish(event(seq, 1, 2, "b"), 0);
         }
         // Tenant 1 is odd seqs; table a at or below 3 is in the snapshot.
         assert_eq!(take(&mut s, 3).await, ["1.1", "whole 1", "3.1"]);
@@ -520,12 +583,12 @@ mod tests {
         let hub = Hub::new(4);
         let mut s = subscriber(&hub);
         // The second event of a transaction whose first it never saw.
-        hub.publish(event(1, 1, 2, "t"));
+        hub.publish(event(1, 1, 2, "t"), 0);
         assert_eq!(take(&mut s, 1).await, ["LogUnavailable"]);
         // Five events into a ring of four: lagged.
         let mut s = subscriber(&hub);
         for seq in 2..7 {
-            hub.publish(event(seq, 0, 1, "t"));
+            hub.publish(event(seq, 0, 1, "t"), 0);
         }
         assert_eq!(take(&mut s, 1).await, ["LogUnavailable"]);
         assert_eq!(s.sources.metrics.client_catch_ups.get(), 1);
@@ -537,7 +600,7 @@ mod tests {
         let mut s = subscriber(&hub);
         s.filter = None;
         for seq in 1..6 {
-            hub.publish(event(seq, 0, 1, "t"));
+            hub.publish(event(seq, 0, 1, "t"), 0);
         }
         hub.set_head(5);
         assert!(

@@ -356,28 +356,37 @@ impl Session {
                     // A burst in one go: the other branches (the shutdown token, the
                     // socket's read side, the timers) are set up again for each
                     // pass of this loop, which cost more than the frames themselves.
-                    let mut next = Some(next);
+                    let mut item = next;
                     let mut handled = 0;
-                    while let Some(item) = next.take() {
-                        match item {
+                    loop {
+                        // The event's frame is taken before anything else: the
+                        // subscriber lends its events only until its next call.
+                        let frame = match item {
+                            Next::Event(event) => Some(frame_of(self.envelope, event)),
+                            _ => None,
+                        };
+                        match (item, frame) {
                             // Events are queued; the socket is flushed when nothing more is waiting.
-                            Next::Event(event) => self.feed_event(socket, &event).await?,
-                            Next::Whole(_) => {}
-                            Next::Idle => {
+                            (_, Some(frame)) => self.feed_frame(socket, frame).await?,
+                            (Next::Idle, _) => {
                                 // Counted per burst: a shared counter per frame costs every core.
                                 self.count_sent();
                                 self.flush(socket).await?;
                                 break;
                             }
-                            Next::LogUnavailable => {
+                            (Next::LogUnavailable, _) => {
                                 self.log_unavailable(socket).await?;
                                 break;
                             }
-                            Next::Closed => return Ok(()),
+                            (Next::Event(_) | Next::Whole(_), None) => {}
                         }
                         handled += 1;
-                        if handled < BURST {
-                            next = self.sub.try_next();
+                        if handled == BURST {
+                            break;
+                        }
+                        match self.sub.try_next() {
+                            Some(more) => item = more,
+                            None => break,
                         }
                     }
                 }
@@ -705,15 +714,11 @@ impl Session {
         self.send(socket, Message::Text(text.into())).await
     }
 
-    /// Queues an event's frame, in this client's envelope.
-    async fn feed_event<S>(&mut self, socket: &mut S, event: &Event) -> Result<(), End>
+    /// Queues an event's frame.
+    async fn feed_frame<S>(&mut self, socket: &mut S, frame: Utf8Bytes) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
     {
-        let frame = match self.envelope {
-            Envelope::Type => event.frame.clone(),
-            Envelope::Event => event.enveloped(),
-        };
         self.unflushed_bytes += frame.len() as u64;
         self.unflushed_events += 1;
         self.feed(socket, Message::Text(frame)).await
@@ -777,4 +782,12 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
+}
+
+/// An event's frame, in a client's envelope.
+fn frame_of(envelope: Envelope, event: &Event) -> Utf8Bytes {
+    match envelope {
+        Envelope::Type => event.frame.clone(),
+        Envelope::Event => event.enveloped(),
+    }
 }

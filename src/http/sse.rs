@@ -160,7 +160,6 @@ pub async fn events(
                         "{{\"type\":\"refresh_needed\",\"reason\":\"log_unavailable\",\"seq\":{}}}",
                         sub.last_seq()
                     )),
-                    Next::Closed => return None,
                 };
                 return Some((event, (sub, permit, false)));
             }
