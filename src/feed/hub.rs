@@ -40,10 +40,6 @@ struct Ring {
     first: u64,
     /// Events in `batches`.
     events: usize,
-    /// Events ever published.
-    published: u64,
-    /// The last transaction published whole.
-    head: i64,
 }
 
 impl Ring {
@@ -57,9 +53,10 @@ struct Shared {
     /// `Ring::end`, readable without the lock: a connection that has read
     /// everything finds out without taking it.
     end: AtomicU64,
-    /// `Ring::published`, for the lag figure.
+    /// Events ever published; written under the ring's write lock.
     published: AtomicU64,
-    /// `Ring::head`, for readers that want no lock.
+    /// The last transaction published whole; written under the ring's write
+    /// lock, so a reader holding the lock sees the head that goes with the batches.
     head: AtomicI64,
     /// Woken on every publish.
     published_news: Notify,
@@ -81,8 +78,6 @@ impl Hub {
                     batches: VecDeque::new(),
                     first: 0,
                     events: 0,
-                    published: 0,
-                    head: 0,
                 }),
                 end: AtomicU64::new(0),
                 published: AtomicU64::new(0),
@@ -104,20 +99,17 @@ impl Hub {
             while events.peek().is_some() {
                 let run: Box<[Event]> = events.by_ref().take(BATCH).collect();
                 let size = run.len();
-                let first = ring.published;
+                let first = shared.published.fetch_add(size as u64, Ordering::Relaxed);
                 ring.batches.push_back(Arc::new(Batch { first, events: run }));
                 ring.events += size;
-                ring.published += size as u64;
                 while ring.events > shared.capacity && ring.batches.len() > 1 {
                     let oldest = ring.batches.pop_front().expect("more than one batch");
                     ring.events -= oldest.events.len();
                     ring.first += 1;
                 }
             }
-            ring.head = ring.head.max(head);
+            shared.head.fetch_max(head, Ordering::SeqCst);
             shared.end.store(ring.end(), Ordering::Release);
-            shared.published.store(ring.published, Ordering::Relaxed);
-            shared.head.store(ring.head, Ordering::SeqCst);
         }
         shared.published_news.notify_waiters();
     }
@@ -140,7 +132,7 @@ impl Hub {
             shared: self.shared.clone(),
             next: ring.end(),
         };
-        (cursor, ring.head)
+        (cursor, self.shared.head.load(Ordering::SeqCst))
     }
 }
 

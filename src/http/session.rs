@@ -359,26 +359,25 @@ impl Session {
                     let mut item = next;
                     let mut handled = 0;
                     loop {
-                        // The event's frame is taken before anything else: the
-                        // subscriber lends its events only until its next call.
-                        let frame = match item {
-                            Next::Event(event) => Some(frame_of(self.envelope, event)),
-                            _ => None,
-                        };
-                        match (item, frame) {
+                        match item {
                             // Events are queued; the socket is flushed when nothing more is waiting.
-                            (_, Some(frame)) => self.feed_frame(socket, frame).await?,
-                            (Next::Idle, _) => {
+                            // The frame is taken first: the subscriber lends its events only
+                            // until its next call.
+                            Next::Event(event) => {
+                                let frame = frame_of(self.envelope, event);
+                                self.feed_frame(socket, frame).await?
+                            }
+                            Next::Whole(_) => {}
+                            Next::Idle => {
                                 // Counted per burst: a shared counter per frame costs every core.
                                 self.count_sent();
                                 self.flush(socket).await?;
                                 break;
                             }
-                            (Next::LogUnavailable, _) => {
+                            Next::LogUnavailable => {
                                 self.log_unavailable(socket).await?;
                                 break;
                             }
-                            (Next::Event(_) | Next::Whole(_), None) => {}
                         }
                         handled += 1;
                         if handled == BURST {
