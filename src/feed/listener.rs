@@ -53,6 +53,14 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
 /// keeps finding nothing (one long transaction holds it).
 const SHORTEST_PATIENCE: Duration = Duration::from_millis(1);
 const LONGEST_PATIENCE: Duration = Duration::from_millis(50);
+/// How many empty ticks in a row, one `tick_interval` apart, a leader that was
+/// busy ticks before it waits for writers. Commits come in bursts, one per WAL
+/// flush: with fsync on, a leader that waited after its first empty tick held
+/// the waiting lock through most gaps between flushes, every writer committing
+/// meanwhile sent a notification to wake it, and those commits queued one by
+/// one for the notification queue's lock (Lock:object at COMMIT was half of
+/// the tracked writers' samples in pg_stat_activity).
+const EMPTY_TICKS_BEFORE_WAITING: u32 = 8;
 
 /// 0x70676665, 'pgfe': the first key of pgfeed's advisory locks.
 const LOCK_SPACE: i32 = 1_885_824_613;
@@ -172,6 +180,8 @@ pub struct Listener {
     woken: bool,
     /// How long the next wait for writers may take.
     patience: Duration,
+    /// Ticks in a row that found nothing (counted to `EMPTY_TICKS_BEFORE_WAITING`).
+    empty_ticks: u32,
     /// How long the next tick or log page may take.
     work: WorkLimit,
     /// Shortest time from one busy tick's start to the next (`--tick-interval`).
@@ -215,6 +225,7 @@ impl Listener {
             waiting: false,
             woken: false,
             patience: SHORTEST_PATIENCE,
+            empty_ticks: EMPTY_TICKS_BEFORE_WAITING,
             work: WorkLimit { next: WORK_TIMEOUT },
             tick_interval,
             previous_backends: Vec::new(),
@@ -421,14 +432,21 @@ impl Listener {
     }
 
     /// One tick, and delivery of what it gave seqs to; true when it found work.
-    /// A tick that finds nothing makes the leader wait for writers, once the
-    /// ones sharing the waiting lock (each counting on ticks) have committed.
+    /// Once `EMPTY_TICKS_BEFORE_WAITING` ticks in a row have found nothing, the
+    /// leader waits for writers, once the ones sharing the waiting lock (each
+    /// counting on ticks) have committed.
     async fn tick_round(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
         let started = std::time::Instant::now();
         if self.tick_and_publish(listener).await? {
             self.patience = SHORTEST_PATIENCE;
+            self.empty_ticks = 0;
             self.pace(started).await;
             return Ok(true);
+        }
+        if self.empty_ticks < EMPTY_TICKS_BEFORE_WAITING {
+            self.empty_ticks += 1;
+            self.pace(started).await;
+            return Ok(false);
         }
         let wait = sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
             .bind(self.patience.as_secs_f64())
@@ -443,6 +461,7 @@ impl Listener {
         self.waiting = true;
         if self.tick_and_publish(listener).await? {
             self.stop_waiting();
+            self.empty_ticks = 0;
             return Ok(true);
         }
         Ok(false)
