@@ -18,7 +18,9 @@
 //!    instance) and reads what each tick sequenced from the log as
 //!    [`feed::change::Change`]s in seq order; the others follow its ticks'
 //!    `{"seq":N}` announcements, which ticks send only while someone follows.
-//!    Under load its busy ticks start at most once per `--tick-interval`.
+//!    Under load its busy ticks start at most once per `--tick-interval`, and
+//!    a busy leader ticks through a few empty ticks before it waits for writers
+//!    to wake it.
 //! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
 //!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
 //!    also holds the `track --preset pearl` list) and encoded once.
