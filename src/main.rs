@@ -18,7 +18,10 @@ async fn resolve(args: &DatabaseArgs) -> Result<db::Database> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     // Logs on stderr; stdout is for what a command prints (the address, the SQL).
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Postgres's notices ("schema pgfeed already exists, skipping", at every
+    // start) are for someone typing DDL: warnings and above only, unless RUST_LOG says.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
