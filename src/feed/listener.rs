@@ -74,7 +74,9 @@ const RATE_WINDOW: Duration = Duration::from_millis(100);
 /// The leader's recent rate of transactions, measured over `RATE_WINDOW`s.
 struct Rate {
     since: std::time::Instant,
-    seq_then: i64,
+    /// The last seq at `since`; `None` until the first observation (a leader
+    /// starts at the head, not at 0).
+    seq_then: Option<i64>,
     busy: bool,
 }
 
@@ -82,18 +84,21 @@ impl Rate {
     fn new(now: std::time::Instant) -> Rate {
         Rate {
             since: now,
-            seq_then: 0,
+            seq_then: None,
             busy: false,
         }
     }
 
     /// Notes the last seq given; once a window has passed, whether the feed is busy.
     fn observe(&mut self, seq: i64, now: std::time::Instant) {
+        let Some(seq_then) = self.seq_then else {
+            (self.since, self.seq_then) = (now, Some(seq));
+            return;
+        };
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= RATE_WINDOW {
-            self.busy = (seq - self.seq_then) as f64 >= BUSY_RATE * elapsed.as_secs_f64();
-            self.since += elapsed;
-            self.seq_then = seq;
+            self.busy = (seq - seq_then) as f64 >= BUSY_RATE * elapsed.as_secs_f64();
+            (self.since, self.seq_then) = (now, Some(seq));
         }
     }
 
@@ -678,6 +683,9 @@ mod tests {
         let start = Instant::now();
         let mut rate = Rate::new(start);
         assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        // The first observation is where counting starts: a leader that
+        // starts at head 1,000,000 has not given a million seqs.
+        rate.observe(0, start);
         // Inside a window nothing is decided, however many were given.
         rate.observe(1_000, start + RATE_WINDOW / 2);
         assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
@@ -689,6 +697,18 @@ mod tests {
         assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
         // A leader that waited a long time comes back quiet, whatever it gives first.
         rate.observe(1_060, start + Duration::from_secs(60));
+        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+    }
+
+    #[test]
+    fn a_leader_starting_at_a_high_head_is_not_busy() {
+        let start = Instant::now();
+        let mut rate = Rate::new(start);
+        // Its first tick, a window after it was made, finds the head at a million.
+        rate.observe(1_000_000, start + RATE_WINDOW);
+        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        // Ten more in the next window: quiet.
+        rate.observe(1_000_010, start + RATE_WINDOW * 2);
         assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
     }
 }
