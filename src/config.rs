@@ -80,6 +80,9 @@ pub enum Command {
     /// A bare reference server for `bench` (its own process, so its memory is its own).
     #[command(hide = true)]
     BenchPeer(crate::bench::peer::PeerArgs),
+    /// The latency scenario's clients for `bench` (their own process, reading over epoll).
+    #[command(hide = true)]
+    BenchSwarm(crate::bench::swarm::SwarmArgs),
     /// Print a server's events as they happen (reconnects and resumes by itself).
     Tail(crate::client::TailArgs),
     /// Write realistic PEARL activity (studies, trackers, comment threads, …) at a steady rate.

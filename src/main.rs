@@ -62,6 +62,7 @@ async fn main() -> Result<()> {
         }
         Command::Bench(args) => pgfeed::bench::run(args).await,
         Command::BenchPeer(args) => pgfeed::bench::peer::serve_reference(args).await,
+        Command::BenchSwarm(args) => pgfeed::bench::swarm::run(args).await,
         Command::Tail(args) => pgfeed::client::tail(args).await,
         Command::Simulate(args) => pgfeed::simulate::run(args).await.map(|_| ()),
         Command::Migrate(args) => {

@@ -10,59 +10,52 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::StreamExt;
 use sqlx::postgres::PgListener;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::peer::{self, Peer};
+use super::peer::Peer;
+use super::swarm::{monotonic_ns, Latencies, Swarm};
 use super::{quantile, Figure, Setup};
 
-/// When each event's COMMIT was sent and when it returned, in nanoseconds
-/// since `epoch` (0: not yet).
+/// The quantiles reported, with their names and targets.
+const QUANTILES: [(f64, &str, &str); 2] = [(0.5, "p50", "<= 1 ms"), (0.99, "p99", "<= 5 ms")];
+
+/// When each event's COMMIT was sent and when it returned, in `CLOCK_MONOTONIC`
+/// nanoseconds (0: not yet), the clock the client swarm's process reads too.
 struct Clock {
-    epoch: Instant,
     sent: Vec<AtomicU64>,
     committed: Vec<AtomicU64>,
-}
-
-/// One event's arrival, in microseconds after its COMMIT was sent and after it returned.
-#[derive(Clone, Copy)]
-struct Sample {
-    from_sent: u32,
-    from_return: u32,
-}
-
-impl Clock {
-    fn sample(&self, i: usize) -> Option<Sample> {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let micros_since = |at: u64| (now.saturating_sub(at) / 1000) as u32;
-        let sent = self.sent.get(i)?.load(Ordering::Acquire);
-        let committed = self.committed[i].load(Ordering::Acquire);
-        (sent > 0).then(|| Sample {
-            from_sent: micros_since(sent),
-            from_return: if committed == 0 { 0 } else { micros_since(committed) },
-        })
-    }
-}
-
-/// The event number in a frame or payload that carries `"label":"lat-<i>"`.
-fn event_number(text: &str) -> Option<usize> {
-    let at = text.find("\"lat-")? + 5;
-    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
-    text[at..at + digits].parse().ok()
 }
 
 impl Clock {
     fn new(events: usize) -> Arc<Clock> {
         Arc::new(Clock {
-            epoch: Instant::now(),
             sent: (0..events).map(|_| AtomicU64::new(0)).collect(),
             committed: (0..events).map(|_| AtomicU64::new(0)).collect(),
         })
     }
+
+    fn times(times: &[AtomicU64]) -> Vec<u64> {
+        times.iter().map(|t| t.load(Ordering::Acquire)).collect()
+    }
+
+    /// Event `i`'s arrival now, in milliseconds after its COMMIT was sent and after it returned.
+    fn sample(&self, i: usize) -> Option<(f64, f64)> {
+        let now = monotonic_ns();
+        let ms_since = |at: u64| now.saturating_sub(at) as f64 / 1e6;
+        let sent = self.sent.get(i)?.load(Ordering::Acquire);
+        let committed = self.committed[i].load(Ordering::Acquire);
+        (sent > 0).then(|| (ms_since(sent), if committed == 0 { 0.0 } else { ms_since(committed) }))
+    }
+}
+
+/// The event number in a payload that carries `"label":"lat-<i>"`.
+fn event_number(text: &str) -> Option<usize> {
+    let at = text.find("\"lat-")? + 5;
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok()
 }
 
 pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>> {
@@ -70,15 +63,17 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     let total = (u64::from(rate) * span.as_secs()) as usize;
 
     let server = Peer::pgfeed(&setup.url, clients).await?;
-    let sockets = peer::subscribed_clients(clients, server.addr).await?;
-    let ws_samples = through_sockets(setup, sockets, total, rate, "bench_tracked").await?;
+    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+    // `connected`, then `subscribed`.
+    let swarm = Swarm::start(server.addr, "/ws", Some(subscribe), 2, clients, total).await?;
+    let ws = through_swarm(setup, swarm, total, rate, "bench_tracked").await?;
     drop(server);
 
     // The same clients of a bare tokio relay of LISTEN: what this machine
     // takes to carry a commit to so many sockets with nothing in between.
     let relay = Peer::relay(&setup.url).await?;
-    let sockets = peer::open_many(clients, |i| async move { peer::ws_connect(i, relay.addr, "/").await }).await?;
-    let relay_samples = through_sockets(setup, sockets, total, rate, "bench_bare_notify").await?;
+    let swarm = Swarm::start(relay.addr, "/", None, 0, clients, total).await?;
+    let relayed = through_swarm(setup, swarm, total, rate, "bench_bare_notify").await?;
     drop(relay);
 
     let clock = Clock::new(total);
@@ -102,96 +97,56 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     tokio::time::sleep(Duration::from_millis(300)).await;
     write_at_rate(setup, &clock, rate, "bench_bare_notify").await?;
     let direct_samples = direct.await?;
-
-    let ms = |v: &[Sample], from: fn(&Sample) -> u32| {
-        let mut v: Vec<f64> = v.iter().map(|s| f64::from(from(s)) / 1000.0).collect();
+    let sorted = |from: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = direct_samples.iter().map(from).collect();
         v.sort_by(f64::total_cmp);
         v
     };
-    let (ws_ms, direct_ms, relay_ms) = (
-        ms(&ws_samples, |s| s.from_sent),
-        ms(&direct_samples, |s| s.from_sent),
-        ms(&relay_samples, |s| s.from_sent),
-    );
-    let (ws_added, direct_added) = (
-        ms(&ws_samples, |s| s.from_return),
-        ms(&direct_samples, |s| s.from_return),
-    );
-    let delivered = ws_ms.len() as f64 / (total * clients).max(1) as f64;
-    let at = |q: f64| {
-        format!(
-            "after COMMIT returned {:.2} vs {:.2}",
-            quantile(&ws_added, q),
-            quantile(&direct_added, q)
-        )
-    };
-    let quantiles = [(0.5, "p50", "<= 1 ms"), (0.99, "p99", "<= 5 ms")];
-    let mut figures: Vec<Figure> = quantiles
+    let (direct_ms, direct_added) = (sorted(|s| s.0), sorted(|s| s.1));
+
+    let mut figures: Vec<Figure> = QUANTILES
         .iter()
-        .map(|&(q, name, target)| {
+        .enumerate()
+        .map(|(k, &(q, name, target))| {
             Figure::versus(
                 "latency",
-                format!("commit→client {name} ms vs LISTEN ({})", at(q)),
-                quantile(&ws_ms, q),
+                format!(
+                    "commit→client {name} ms vs LISTEN (after COMMIT returned {:.2} vs {:.2})",
+                    ws.from_return[k],
+                    quantile(&direct_added, q)
+                ),
+                ws.from_sent[k],
                 quantile(&direct_ms, q),
                 target,
             )
         })
         .collect();
-    figures.extend(quantiles.iter().map(|&(q, name, _)| {
+    figures.extend(QUANTILES.iter().enumerate().map(|(k, &(_, name, _))| {
         Figure::versus(
             "latency",
             format!("commit→client {name} ms vs a bare relay of LISTEN to {clients}"),
-            quantile(&ws_ms, q),
-            quantile(&relay_ms, q),
+            ws.from_sent[k],
+            relayed.from_sent[k],
             "-",
         )
     }));
     figures.push(Figure::alone(
         "latency",
         format!("events delivered / sent, {clients} clients at {rate} ev/s"),
-        delivered,
+        ws.received as f64 / (total * clients).max(1) as f64,
         "1.0",
     ));
     Ok(figures)
 }
 
-/// Writes `total` events to `table` at `rate` while `sockets` note when each reaches them.
-async fn through_sockets(
-    setup: &Setup,
-    sockets: Vec<peer::Client>,
-    total: usize,
-    rate: u32,
-    table: &'static str,
-) -> Result<Vec<Sample>> {
+/// Writes `total` events to `table` at `rate` while the swarm's clients note when each reaches them.
+async fn through_swarm(setup: &Setup, swarm: Swarm, total: usize, rate: u32, table: &'static str) -> Result<Latencies> {
     let clock = Clock::new(total);
-    let readers: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| {
-            let clock = clock.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::with_capacity(total);
-                while samples.len() < total {
-                    let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else {
-                        break;
-                    };
-                    if let Message::Text(text) = message {
-                        if let Some(sample) = event_number(&text).and_then(|i| clock.sample(i)) {
-                            samples.push(sample);
-                        }
-                    }
-                }
-                samples
-            })
-        })
-        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     write_at_rate(setup, &clock, rate, table).await?;
-    let mut samples = Vec::with_capacity(total * readers.len());
-    for reader in readers {
-        samples.extend(reader.await?);
-    }
-    Ok(samples)
+    swarm
+        .finish(&Clock::times(&clock.sent), &Clock::times(&clock.committed))
+        .await
 }
 
 /// Commits `clock.committed.len()` one-row transactions at `rate` per second,
@@ -211,9 +166,9 @@ async fn write_at_rate(setup: &Setup, clock: &Arc<Clock>, rate: u32, table: &'st
                         .bind(format!("lat-{i}"))
                         .execute(&mut *tx)
                         .await?;
-                    clock.sent[i].store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+                    clock.sent[i].store(monotonic_ns(), Ordering::Release);
                     tx.commit().await?;
-                    clock.committed[i].store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+                    clock.committed[i].store(monotonic_ns(), Ordering::Release);
                 }
                 anyhow::Ok(())
             })

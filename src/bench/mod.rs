@@ -16,13 +16,16 @@
 //!   beside a bare server holding as many plain TCP connections.
 //!
 //! Socket scenarios run their servers in processes of their own ([`peer`]), so
-//! each server's memory and CPU are its own, not the clients'.
+//! each server's memory and CPU are its own, not the clients'; the latency
+//! scenario's clients run in one more ([`swarm`]), lean enough not to be what
+//! it measures.
 
 mod delivery;
 mod fanout;
 mod latency;
 mod memory;
 pub mod peer;
+pub mod swarm;
 mod write;
 
 use std::time::Duration;
