@@ -91,8 +91,15 @@ impl Hub {
     /// Hands `events` to every subscriber, in order, and records that every
     /// transaction up to `head` is published whole. A subscriber joins either
     /// before all of them or after all of them and the head that goes with them.
+    /// Subscribers are woken only when there is news: a tick that found
+    /// nothing (every quiet check, and the empty ticks of a busy leader)
+    /// would otherwise cost every connection a poll of its session.
     pub fn publish(&self, events: Vec<Event>, head: i64) {
         let shared = &*self.shared;
+        let news = !events.is_empty() || head > shared.head.load(Ordering::SeqCst);
+        if !news {
+            return;
+        }
         {
             let mut ring = shared.ring.write().expect("hub ring lock");
             let mut events = events.into_iter().peekable();
