@@ -3,10 +3,13 @@
 //! server (its own process) note when each reaches them; then the same writes
 //! to the bare-NOTIFY table, for as many clients of a bare tokio relay of that
 //! table's notifications, and for one client LISTENing on its channel
-//! directly. Latency runs from the moment the writer sends COMMIT, for all, so it
+//! directly; the clients are the swarm's ([`super::swarm`]), in a process of
+//! their own. Latency runs from the moment the writer sends COMMIT, for all, so it
 //! holds the commit's own flush; the labels also give it from the moment COMMIT
 //! returned (0 for a row that arrived before: Postgres signals its listeners
 //! and answers the writer together), which is what pgfeed adds to a commit.
+//! Each server's CPU time per frame delivered is given too: at this many
+//! clients the machine is saturated, and latency is mostly queueing for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,14 +69,14 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
     // `connected`, then `subscribed`.
     let swarm = Swarm::start(server.addr, "/ws", Some(subscribe), 2, clients, total).await?;
-    let ws = through_swarm(setup, swarm, total, rate, "bench_tracked").await?;
+    let (ws, ws_cpu) = through_swarm(setup, &server, swarm, total, rate, "bench_tracked").await?;
     drop(server);
 
     // The same clients of a bare tokio relay of LISTEN: what this machine
     // takes to carry a commit to so many sockets with nothing in between.
     let relay = Peer::relay(&setup.url).await?;
     let swarm = Swarm::start(relay.addr, "/", None, 0, clients, total).await?;
-    let relayed = through_swarm(setup, swarm, total, rate, "bench_bare_notify").await?;
+    let (relayed, relay_cpu) = through_swarm(setup, &relay, swarm, total, rate, "bench_bare_notify").await?;
     drop(relay);
 
     let clock = Clock::new(total);
@@ -130,6 +133,13 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
             "-",
         )
     }));
+    figures.push(Figure::versus(
+        "latency",
+        format!("server CPU µs per delivery vs the bare relay, {clients} clients"),
+        ws_cpu,
+        relay_cpu,
+        "report",
+    ));
     figures.push(Figure::alone(
         "latency",
         format!("events delivered / sent, {clients} clients at {rate} ev/s"),
@@ -139,14 +149,27 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     Ok(figures)
 }
 
-/// Writes `total` events to `table` at `rate` while the swarm's clients note when each reaches them.
-async fn through_swarm(setup: &Setup, swarm: Swarm, total: usize, rate: u32, table: &'static str) -> Result<Latencies> {
+/// Writes `total` events to `table` at `rate` while the swarm's clients note
+/// when each reaches them; also gives `server`'s CPU time per frame delivered,
+/// in microseconds.
+async fn through_swarm(
+    setup: &Setup,
+    server: &Peer,
+    swarm: Swarm,
+    total: usize,
+    rate: u32,
+    table: &'static str,
+) -> Result<(Latencies, f64)> {
     let clock = Clock::new(total);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu_before = server.cpu_seconds()?;
     write_at_rate(setup, &clock, rate, table).await?;
-    swarm
+    let latencies = swarm
         .finish(&Clock::times(&clock.sent), &Clock::times(&clock.committed))
-        .await
+        .await?;
+    let cpu = server.cpu_seconds()? - cpu_before;
+    let per_delivery = cpu * 1e6 / latencies.received.max(1) as f64;
+    Ok((latencies, per_delivery))
 }
 
 /// Commits `clock.committed.len()` one-row transactions at `rate` per second,
