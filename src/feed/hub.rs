@@ -183,6 +183,12 @@ impl Cursor {
     pub async fn next(&mut self) -> Result<Arc<Batch>, Behind> {
         let shared = self.shared.clone();
         loop {
+            // A woken connection finds its batch there: no place in the waiting
+            // list, whose lock every connection on every core shares.
+            match self.try_next() {
+                Err(Behind::Empty) => {}
+                taken => return taken,
+            }
             let news = shared.published_news.notified();
             tokio::pin!(news);
             // Waiting from here on: a publish after the check below wakes us.

@@ -319,11 +319,15 @@ impl Session {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
         let shutdown = self.state.shutdown.clone();
+        // Made once: a fresh one per pass took a place in the token's waiting
+        // list, shared by every connection, and gave it back, twice a wake-up.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let expires = self.expires;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     let _ = self.send(socket, close_frame(close::SHUTDOWN, "server shutdown")).await;
                     return Ok(());
                 }
