@@ -16,7 +16,7 @@
 //! parent sends when each COMMIT was sent and returned, in nanoseconds of that
 //! clock, once the writes are done; this process answers with the quantiles.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -316,19 +316,23 @@ fn receive(mut conns: Vec<Conn>, events: usize, base: u64) -> Result<(usize, Vec
         conn.partial = partial[used..].to_vec();
     }
     while missing > 0 && monotonic_ns() - last_heard < QUIET.as_nanos() as u64 {
-        let n = epoll.wait(&mut ready, 200u16)?;
+        let n = match epoll.wait(&mut ready, 200u16) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(err) => return Err(err).context("waiting for client sockets"),
+        };
         let now = ((monotonic_ns() - base) / 1000) as u32;
         for event in &ready[..n] {
             let i = event.data() as usize;
             let (conn, arrived) = (&mut conns[i], &mut arrivals[i]);
             let read = match (&conn.stream).read(&mut buf) {
-                Ok(0) => {
+                Ok(read) if read > 0 => read,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+                // Closed or reset: what it missed shows in `received`.
+                _ => {
                     epoll.delete(&conn.stream)?;
                     continue;
                 }
-                Ok(read) => read,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Err(err).context("reading a client socket"),
             };
             last_heard = monotonic_ns();
             if conn.partial.is_empty() {
