@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -56,15 +56,8 @@ impl Peer {
         Peer::spawn(command, "listening on ").await
     }
 
-    async fn spawn(mut command: Command, marker: &str) -> Result<Peer> {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("starting a server process")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
+    async fn spawn(command: Command, marker: &str) -> Result<Peer> {
+        let (child, mut lines) = spawn_child(command, "a server process")?;
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.split_once(marker).map(|(_, rest)| rest) {
@@ -125,6 +118,19 @@ impl Peer {
         stdin.flush().await?;
         Ok(())
     }
+}
+
+/// Starts a process of the bench's (`what` it is, for errors), stopped when
+/// dropped, with its stdin for the bench to write and its stdout as lines.
+pub fn spawn_child(mut command: Command, what: &str) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    Ok((child, BufReader::new(stdout).lines()))
 }
 
 /// A TCP connection to `addr` from loopback source address number `i / SOCKETS_PER_ADDRESS`.

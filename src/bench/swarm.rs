@@ -18,13 +18,12 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::peer;
@@ -104,13 +103,7 @@ impl Swarm {
         if let Some(send) = send {
             command.args(["--send", send]);
         }
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("starting the client swarm")?;
-        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let (child, mut lines) = peer::spawn_child(command, "the client swarm")?;
         let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
             .context("the client swarm was not ready within 60 s")??;
