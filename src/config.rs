@@ -31,7 +31,7 @@ pub mod defaults {
     /// (8 writers), tracked tx/s vs bare NOTIFY: 0.58-0.81 at 0, 0.61-1.05 at
     /// 1ms (a tick with its commit's flush already takes about that), 1.14-1.16
     /// at 2ms; `bench latency --clients 10` p50: 1.12, 0.99 and 2.36 ms.
-    pub const TICK_INTERVAL: &str = "2ms";
+    pub const TICK_INTERVAL: &str = "1ms";
     pub const MAX_MESSAGE_RATE: u32 = 20;
     pub const MAX_SUBSCRIPTIONS: usize = 256;
     pub const AUTH_TIMEOUT: &str = "5s";
@@ -202,7 +202,7 @@ pub struct ServeArgs {
     pub client_write_timeout: Duration,
 
     /// Shortest time between the starts of two ticks while writes keep coming:
-    /// longer costs the writers less and adds up to that much latency (e.g. 0, 1ms, 2ms).
+    /// longer costs the writers less and adds up to that much latency (e.g. 0, 1ms, 5ms).
     #[arg(long, env = "PGFEED_TICK_INTERVAL", default_value = defaults::TICK_INTERVAL, value_parser = parse_duration)]
     pub tick_interval: Duration,
 

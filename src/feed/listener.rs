@@ -67,6 +67,10 @@ const LONGEST_PATIENCE: Duration = Duration::from_millis(50);
 /// commit to client at 2.2-2.9 ms against 1.4-1.8 ms).
 const EMPTY_TICKS_WHEN_QUIET: u32 = 2;
 const EMPTY_TICKS_WHEN_BUSY: u32 = 8;
+/// The gaps between WAL flushes are a span of time, not a number of ticks: a
+/// busy leader ticks through this much of them (8 ticks at 2 ms apart, 16 at
+/// 1 ms), and never fewer than `EMPTY_TICKS_WHEN_BUSY`.
+const BUSY_PATIENCE: Duration = Duration::from_millis(16);
 const BUSY_RATE: f64 = 500.0;
 /// How often the leader measures its rate of transactions.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
@@ -102,13 +106,17 @@ impl Rate {
         }
     }
 
-    /// Empty ticks in a row after which the leader waits for writers.
-    fn patience_in_ticks(&self) -> u32 {
-        if self.busy {
-            EMPTY_TICKS_WHEN_BUSY
-        } else {
-            EMPTY_TICKS_WHEN_QUIET
+    /// Empty ticks in a row, `interval` apart, after which the leader waits for writers.
+    fn patience_in_ticks(&self, interval: Duration) -> u32 {
+        if !self.busy {
+            return EMPTY_TICKS_WHEN_QUIET;
         }
+        if interval.is_zero() {
+            // Back to back, a tick lasts as long as its round trip: no span to count by.
+            return EMPTY_TICKS_WHEN_BUSY;
+        }
+        let spanned = BUSY_PATIENCE.as_nanos() / interval.as_nanos();
+        spanned.clamp(u128::from(EMPTY_TICKS_WHEN_BUSY), 64) as u32
     }
 }
 
@@ -498,7 +506,7 @@ impl Listener {
             self.pace(started).await;
             return Ok(true);
         }
-        if self.empty_ticks < self.rate.patience_in_ticks() {
+        if self.empty_ticks < self.rate.patience_in_ticks(self.tick_interval) {
             self.empty_ticks += 1;
             self.pace(started).await;
             return Ok(false);
@@ -682,22 +690,41 @@ mod tests {
     fn the_rate_decides_how_many_empty_ticks_come_before_waiting() {
         let start = Instant::now();
         let mut rate = Rate::new(start);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
         // The first observation is where counting starts: a leader that
         // starts at head 1,000,000 has not given a million seqs.
         rate.observe(0, start);
         // Inside a window nothing is decided, however many were given.
         rate.observe(1_000, start + RATE_WINDOW / 2);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
         // 1,000 in 100 ms: busy.
         rate.observe(1_000, start + RATE_WINDOW);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_BUSY);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_BUSY);
         // 10 in the next 100 ms (100 a second): quiet again.
         rate.observe(1_010, start + RATE_WINDOW * 2);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
         // A leader that waited a long time comes back quiet, whatever it gives first.
         rate.observe(1_060, start + Duration::from_secs(60));
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
+    }
+
+    const TWO_MS: Duration = Duration::from_millis(2);
+
+    #[test]
+    fn a_busy_leader_ticks_through_the_same_span_whatever_the_interval() {
+        let start = Instant::now();
+        let mut rate = Rate::new(start);
+        rate.observe(0, start);
+        rate.observe(1_000, start + RATE_WINDOW);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), 8);
+        assert_eq!(rate.patience_in_ticks(Duration::from_millis(1)), 16);
+        assert_eq!(rate.patience_in_ticks(Duration::from_micros(100)), 64);
+        // Never fewer than EMPTY_TICKS_WHEN_BUSY, and 8 when ticks come back to back.
+        assert_eq!(rate.patience_in_ticks(Duration::from_millis(10)), EMPTY_TICKS_WHEN_BUSY);
+        assert_eq!(rate.patience_in_ticks(Duration::ZERO), EMPTY_TICKS_WHEN_BUSY);
+        // Quiet, the interval does not matter.
+        rate.observe(1_001, start + RATE_WINDOW * 2);
+        assert_eq!(rate.patience_in_ticks(Duration::from_millis(1)), EMPTY_TICKS_WHEN_QUIET);
     }
 
     #[test]
@@ -706,9 +733,9 @@ mod tests {
         let mut rate = Rate::new(start);
         // Its first tick, a window after it was made, finds the head at a million.
         rate.observe(1_000_000, start + RATE_WINDOW);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
         // Ten more in the next window: quiet.
         rate.observe(1_000_010, start + RATE_WINDOW * 2);
-        assert_eq!(rate.patience_in_ticks(), EMPTY_TICKS_WHEN_QUIET);
+        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
     }
 }
