@@ -19,7 +19,7 @@ use anyhow::Result;
 use sqlx::postgres::PgListener;
 
 use super::peer::Peer;
-use super::swarm::{monotonic_ns, Latencies, Swarm};
+use super::swarm::{event_number, monotonic_ns, Latencies, Swarm};
 use super::{quantile, Figure, Setup};
 
 /// The quantiles reported, with their names and targets.
@@ -54,13 +54,6 @@ impl Clock {
     }
 }
 
-/// The event number in a payload that carries `"label":"lat-<i>"`.
-fn event_number(text: &str) -> Option<usize> {
-    let at = text.find("\"lat-")? + 5;
-    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
-    text[at..at + digits].parse().ok()
-}
-
 pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>> {
     let span = setup.span.max(Duration::from_secs(2));
     let total = (u64::from(rate) * span.as_secs()) as usize;
@@ -90,7 +83,7 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
                 let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await else {
                     break;
                 };
-                if let Some(sample) = event_number(n.payload()).and_then(|i| clock.sample(i)) {
+                if let Some(sample) = event_number(n.payload().as_bytes()).and_then(|i| clock.sample(i)) {
                     samples.push(sample);
                 }
             }
@@ -201,14 +194,4 @@ async fn write_at_rate(setup: &Setup, clock: &Arc<Clock>, rate: u32, table: &'st
         task.await??;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn finds_the_event_number_in_frames_and_payloads() {
-        assert_eq!(super::event_number(r#"{"data":{"label":"lat-42","n":0}}"#), Some(42));
-        assert_eq!(super::event_number(r#"{"new":{"label":"lat-7"}}"#), Some(7));
-        assert_eq!(super::event_number(r#"{"label":"w1-3"}"#), None);
-    }
 }

@@ -16,6 +16,7 @@
 //! parent sends when each COMMIT was sent and returned, in nanoseconds of that
 //! clock, once the writes are done; this process answers with the quantiles.
 
+use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -118,7 +119,7 @@ impl Swarm {
     pub async fn finish(mut self, sent: &[u64], committed: &[u64]) -> Result<Latencies> {
         let mut times = String::with_capacity(sent.len() * 24);
         for (s, c) in sent.iter().zip(committed) {
-            times.push_str(&format!("{s} {c}\n"));
+            let _ = writeln!(times, "{s} {c}"); // a String takes every write
         }
         let mut stdin = self.child.stdin.take().context("no stdin")?;
         stdin.write_all(times.as_bytes()).await?;
@@ -281,8 +282,8 @@ fn frames(data: &[u8], mut each: impl FnMut(u8, &[u8])) -> usize {
     at
 }
 
-/// The event number in a frame that carries `"lat-<i>"`.
-fn event_number(payload: &[u8]) -> Option<usize> {
+/// The event number in a frame or notification payload that carries `"lat-<i>"`.
+pub fn event_number(payload: &[u8]) -> Option<usize> {
     let at = memchr::memmem::find(payload, b"\"lat-")? + 5;
     let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
@@ -314,7 +315,8 @@ fn receive(mut conns: Vec<Conn>, events: usize, base: u64) -> Result<(usize, Vec
             Err(nix::errno::Errno::EINTR) => 0,
             Err(err) => return Err(err).context("waiting for client sockets"),
         };
-        let now = ((monotonic_ns() - base) / 1000) as u32;
+        let woke = monotonic_ns();
+        let now = ((woke - base) / 1000) as u32;
         for event in &ready[..n] {
             let i = event.data() as usize;
             let (conn, arrived) = (&mut conns[i], &mut arrivals[i]);
@@ -327,7 +329,7 @@ fn receive(mut conns: Vec<Conn>, events: usize, base: u64) -> Result<(usize, Vec
                     continue;
                 }
             };
-            last_heard = monotonic_ns();
+            last_heard = woke;
             if conn.partial.is_empty() {
                 let used = note(&buf[..read], &conn.stream, arrived, &mut received, &mut missing, now);
                 conn.partial.extend_from_slice(&buf[used..read]);
@@ -390,6 +392,7 @@ mod tests {
     #[test]
     fn finds_the_event_number() {
         assert_eq!(event_number(br#"{"data":{"label":"lat-42","n":0}}"#), Some(42));
+        assert_eq!(event_number(br#"{"new":{"label":"lat-7"}}"#), Some(7));
         assert_eq!(event_number(br#"{"label":"w1-3"}"#), None);
     }
 
