@@ -406,6 +406,21 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_without_news_wakes_nobody() {
+        let hub = Hub::new(64);
+        hub.publish(events(7..8), 7);
+        let news = hub.shared.published_news.notified();
+        tokio::pin!(news);
+        news.as_mut().enable();
+        // No events, and a head already published: nothing to wake for.
+        hub.publish(Vec::new(), 7);
+        assert!(futures_util::FutureExt::now_or_never(news.as_mut()).is_none());
+        // A head that moves is news, even without events.
+        hub.publish(Vec::new(), 8);
+        assert!(futures_util::FutureExt::now_or_never(news.as_mut()).is_some());
+    }
+
+    #[test]
     fn names_are_a_set_whatever_order_they_come_in() {
         let mut names: Names = ["tracker", "study", "tracker", "comment"]
             .map(String::from)
