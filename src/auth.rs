@@ -15,7 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::feed::hub::Names;
+use crate::filter::value_matches;
+use crate::names::Names;
 
 /// What a token may see and do.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -48,15 +49,9 @@ impl Scope {
 
     /// A row is in scope when it has every scoped column, each with an allowed value.
     pub fn allows_row(&self, row: &Value) -> bool {
-        self.where_.iter().all(|(column, allowed)| {
-            let Some(value) = row.get(column) else {
-                return false;
-            };
-            match allowed {
-                Value::Array(options) => options.iter().any(|o| same(o, value)),
-                single => same(single, value),
-            }
-        })
+        self.where_
+            .iter()
+            .all(|(column, allowed)| row.get(column).is_some_and(|value| value_matches(allowed, value)))
     }
 
     /// A change is visible when its table is, and its new or old row is: a
@@ -78,21 +73,9 @@ impl Scope {
     pub fn narrow(&mut self, column: &str, values: Vec<Value>) {
         let kept: Vec<Value> = match self.where_.get(column) {
             None => values,
-            Some(Value::Array(allowed)) => values
-                .into_iter()
-                .filter(|v| allowed.iter().any(|a| same(a, v)))
-                .collect(),
-            Some(single) => values.into_iter().filter(|v| same(single, v)).collect(),
+            Some(allowed) => values.into_iter().filter(|v| value_matches(allowed, v)).collect(),
         };
         self.where_.insert(column.to_string(), Value::Array(kept));
-    }
-}
-
-/// Equality of a scope value and a row value; `"7"` and `7` are the same id.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::String(s), Value::Number(n)) | (Value::Number(n), Value::String(s)) => *s == n.to_string(),
-        _ => a == b,
     }
 }
 

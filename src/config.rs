@@ -1,11 +1,13 @@
-//! The command line and environment: one clap struct per command, each field
-//! documented; `.env.example` mirrors them.
+//! Settings: the server's and the database's, from flags or the environment
+//! (one clap struct each, every field documented; `.env.example` mirrors
+//! them), and the one set of defaults. The command line that holds them is
+//! the binary's (`src/bin/pgfeed/cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 /// The one set of defaults: the command line shows them, and the server's and
 /// HTTP layer's `Default`s (what tests and embedders get) are built from them.
@@ -42,53 +44,6 @@ pub mod defaults {
     }
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "pgfeed",
-    version,
-    about = "Every write to Postgres as a live, ordered, resumable event feed"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-
-    /// Log lines as text, or as JSON objects (one per line) for a log pipeline.
-    #[arg(long, global = true, env = "PGFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (starts a private Postgres when DATABASE_URL is not set).
-    Serve(Box<ServeArgs>),
-    /// Install (or upgrade) schema pgfeed; idempotent. Touches no application table.
-    Migrate(MigrateArgs),
-    /// Track a table (its writes become events), or PEARL's tables with --preset pearl.
-    Track(TrackArgs),
-    /// Stop tracking a table (its triggers are removed; its logged events stay until pruned).
-    Untrack(UntrackArgs),
-    /// Remove every pgfeed trigger and schema pgfeed; application tables and rows stay as they were.
-    Uninstall(UninstallArgs),
-    /// Measure write cost against the reference designs (figures, never assertions).
-    Bench(crate::bench::BenchArgs),
-    /// A bare reference server for `bench` (its own process, so its memory is its own).
-    #[command(hide = true)]
-    BenchPeer(crate::bench::peer::PeerArgs),
-    /// The latency scenario's clients for `bench` (their own process, reading over epoll).
-    #[command(hide = true)]
-    BenchSwarm(crate::bench::swarm::SwarmArgs),
-    /// Print a server's events as they happen (reconnects and resumes by itself).
-    Tail(crate::client::TailArgs),
-    /// Write realistic PEARL activity (studies, trackers, comment threads, …) at a steady rate.
-    Simulate(crate::simulate::SimulateArgs),
-}
-
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -99,72 +54,6 @@ pub struct DatabaseArgs {
     /// Where the private cluster keeps its data (only without DATABASE_URL).
     #[arg(long, env = "PGFEED_DATA_DIR", default_value = ".pgfeed")]
     pub data_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct MigrateArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// List applied and pending migrations instead of applying them.
-    #[arg(long, conflicts_with = "print")]
-    pub status: bool,
-
-    /// Print the SQL of the pending migrations instead of running it (apply it with your own tool).
-    #[arg(long)]
-    pub print: bool,
-
-    /// Also create PEARL's demo tables (for an empty database; refused where any of them exists).
-    #[arg(long)]
-    pub demo_schema: bool,
-}
-
-/// The presets `track --preset` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Preset {
-    /// PEARL's tables with the seed event prefixes; credentials in `users` left out.
-    Pearl,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct TrackArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// The table to track, as SQL names it (`studies`, `lab.equipment`).
-    #[arg(required_unless_present = "preset", conflicts_with = "preset")]
-    pub table: Option<String>,
-
-    /// Event prefix: events are named <prefix>_created, _updated, _deleted, _truncated.
-    #[arg(long, required_unless_present = "preset")]
-    pub prefix: Option<String>,
-
-    /// Columns never notified, logged, snapshotted or served (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub exclude: Vec<String>,
-
-    /// Track a known set of tables: whichever of them exist.
-    #[arg(long, value_enum)]
-    pub preset: Option<Preset>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct UntrackArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// The table to stop tracking.
-    pub table: String,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct UninstallArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// Print the SQL instead of running it.
-    #[arg(long)]
-    pub print: bool,
 }
 
 #[derive(Debug, Clone, Args)]

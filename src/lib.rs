@@ -38,14 +38,16 @@
 //! beside its reference.
 
 pub mod auth;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod feed;
+pub mod filter;
 pub mod http;
 pub mod install;
 pub mod metrics;
+pub mod names;
 pub mod protocol;
 pub mod server;
 pub mod simulate;
+pub mod timestamps;

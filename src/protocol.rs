@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::feed::hub::Names;
+use crate::filter::Filter;
+use crate::names::Names;
 
 /// Close codes.
 pub mod close {
@@ -42,9 +43,9 @@ pub struct Subscription {
     pub where_: Option<Map<String, Value>>,
 }
 
-impl From<Subscription> for crate::feed::hub::Filter {
+impl From<Subscription> for Filter {
     fn from(s: Subscription) -> Self {
-        crate::feed::hub::Filter {
+        Filter {
             tables: s.tables,
             types: s.types,
             where_: s.where_,
@@ -276,20 +277,12 @@ impl ServerMessage<'_> {
     }
 }
 
-/// An event's frame (encoded with `"type"` first, see `feed::event`) in the event envelope.
-pub fn event_envelope(frame: &str) -> String {
-    match frame.strip_prefix("{\"type\":") {
-        Some(rest) => format!("{{\"event\":{rest}"),
-        None => frame.to_string(),
-    }
-}
-
 /// Now, as every timestamp on the wire: UTC `YYYY-MM-DDTHH:MM:SS.sssZ`.
 pub fn now_utc() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    crate::feed::timestamps::from_unix_millis(now.as_millis() as i64)
+    crate::timestamps::from_unix_millis(now.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -351,10 +344,6 @@ mod tests {
         .encode(Envelope::Event);
         let connected: Value = serde_json::from_str(&connected).unwrap();
         assert_eq!(connected["data"]["seq"], 4);
-        assert_eq!(
-            event_envelope(r#"{"type":"study_created","data":{"id":1},"seq":2}"#),
-            r#"{"event":"study_created","data":{"id":1},"seq":2}"#
-        );
         assert_eq!(ServerMessage::Pong.encode(Envelope::Type), r#"{"type":"pong"}"#);
     }
 }

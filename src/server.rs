@@ -242,6 +242,40 @@ async fn prune_periodically(pool: sqlx::PgPool, retention: Duration, shutdown: C
     }
 }
 
+/// `pgfeed serve`: the server on `args`, with the embedded cluster (PEARL's
+/// demo schema in it) when there is no `DATABASE_URL`, until Ctrl-C or SIGTERM.
+pub async fn serve(args: &ServeArgs) -> Result<()> {
+    // Refuse a bad configuration before starting anything.
+    let settings = Settings::try_from(args)?;
+    settings.check_exposure()?;
+    let database = args.database.open().await?;
+    if let Some(cluster) = &database.cluster {
+        let pool = db::pool(&database.url, 2).await?;
+        crate::install::demo(&pool).await?;
+        pool.close().await;
+        println!("Write to it with: {}", cluster.psql_command(db::EMBEDDED_DATABASE));
+    }
+    let running = start(&database.url, settings).await?;
+    let (http, ws) = if args.tls_cert.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!(
+        "pgfeed listening on {http}://{}  (WebSocket: {ws}://{}/ws)",
+        running.addr, running.addr
+    );
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    running.wait().await?;
+    // The embedded cluster stops with `database`, after the server.
+    drop(database);
+    Ok(())
+}
+
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

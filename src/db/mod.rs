@@ -73,11 +73,19 @@ pub async fn resolve(database_url: Option<&str>, data_dir: &std::path::Path) -> 
         None => {
             let cluster = embedded::Cluster::start(data_dir, embedded::Durability::Durable)?;
             create_database(&cluster.url("postgres"), EMBEDDED_DATABASE).await?;
+            tracing::info!(data = %cluster.data_dir().display(), "started the embedded Postgres");
             Ok(Database {
                 url: cluster.url(EMBEDDED_DATABASE),
                 cluster: Some(cluster),
             })
         }
+    }
+}
+
+impl crate::config::DatabaseArgs {
+    /// The database these settings name: `DATABASE_URL`, or the embedded cluster.
+    pub async fn open(&self) -> Result<Database> {
+        resolve(self.database_url.as_deref(), &self.data_dir).await
     }
 }
 

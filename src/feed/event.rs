@@ -9,8 +9,10 @@ use serde_json::Value;
 
 use super::change::{Change, Op};
 use super::pearl::{self, Audience};
-use super::timestamps;
+use crate::auth::Scope;
+use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::timestamps;
 
 /// One event as subscribers receive it. `frame` is its JSON text, made once.
 #[derive(Debug, Clone)]
@@ -39,16 +41,29 @@ impl Event {
         self.rows.0.as_ref().or(self.rows.1.as_ref())
     }
 
+    /// Whether a client that asked for `filter` wants this event.
+    pub fn wanted_by(&self, filter: &Filter) -> bool {
+        filter.matches(&self.table, &self.kind, self.row())
+    }
+
     /// Whether `scope` may see this event.
-    pub fn in_scope(&self, scope: &crate::auth::Scope) -> bool {
+    pub fn in_scope(&self, scope: &Scope) -> bool {
         scope.allows_change(&self.table, self.rows.0.as_ref(), self.rows.1.as_ref())
     }
 
     /// The frame in the `{"event": …}` envelope, encoded once per event.
     pub fn enveloped(&self) -> Utf8Bytes {
         self.envelope_frame
-            .get_or_init(|| crate::protocol::event_envelope(&self.frame).into())
+            .get_or_init(|| event_envelope(&self.frame).into())
             .clone()
+    }
+}
+
+/// An event's frame (encoded with `"type"` first, see `feed::event`) in the event envelope.
+fn event_envelope(frame: &str) -> String {
+    match frame.strip_prefix("{\"type\":") {
+        Some(rest) => format!("{{\"event\":{rest}"),
+        None => frame.to_string(),
     }
 }
 
@@ -199,7 +214,7 @@ impl Encoder<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Interned;
+    use super::{event_envelope, Interned};
     use std::sync::Arc;
 
     #[test]
@@ -213,5 +228,13 @@ mod tests {
         }
         assert!(names.0.len() <= Interned::MOST);
         assert_eq!(&*names.get("study"), "study");
+    }
+
+    #[test]
+    fn the_event_envelope_renames_the_type() {
+        assert_eq!(
+            event_envelope(r#"{"type":"study_created","data":{"id":1},"seq":2}"#),
+            r#"{"event":"study_created","data":{"id":1},"seq":2}"#
+        );
     }
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Row};
 
 use super::change::{Change, Op};
-use super::timestamps;
 use crate::auth::Scope;
+use crate::timestamps;
 
 /// A position in the log: after transaction `seq`, or inside it after event `id`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -8,4 +8,3 @@ pub mod listener;
 pub mod log;
 pub mod pearl;
 pub mod subscriber;
-pub mod timestamps;

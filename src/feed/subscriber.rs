@@ -17,10 +17,11 @@ use sqlx::PgPool;
 
 use super::change::Change;
 use super::event::{Encoder, Event, Interned};
-use super::hub::{Batch, Behind, Cursor, Filter, Hub};
+use super::hub::{Batch, Behind, Cursor, Hub};
 use super::log::{self, Cursor as LogCursor};
 use super::pearl::{self, Audience};
 use crate::auth::Scope;
+use crate::filter::Filter;
 use crate::metrics::Metrics;
 
 /// Log rows read per page while replaying.
@@ -385,7 +386,7 @@ impl Subscriber {
 
     fn wants(&self, event: &Event) -> bool {
         (event.audience == Audience::All || event.audience == self.audience)
-            && self.filter.as_ref().is_some_and(|f| f.matches(event))
+            && self.filter.as_ref().is_some_and(|f| event.wanted_by(f))
             && self.scope.as_ref().is_some_and(|scope| event.in_scope(scope))
             && self.watermarks.get(&*event.table).is_none_or(|w| event.seq > *w)
     }

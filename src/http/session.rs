@@ -18,10 +18,10 @@ use serde_json::value::RawValue;
 use super::access::{self, Access};
 use super::{until, AppState};
 use crate::feed::event::Event;
-use crate::feed::hub::Filter;
 use crate::feed::log;
 use crate::feed::pearl::{self, Audience};
 use crate::feed::subscriber::{Next, Subscriber};
+use crate::filter::Filter;
 use crate::protocol::{close, Action, Envelope, ServerMessage};
 
 /// Which protocol a connection speaks.

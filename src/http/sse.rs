@@ -23,10 +23,10 @@ use serde_json::{Map, Value};
 
 use super::access::Access;
 use super::{until, ApiError, AppState};
-use crate::feed::hub::Filter;
 use crate::feed::log;
 use crate::feed::pearl::Audience;
 use crate::feed::subscriber::{Next, Subscriber};
+use crate::filter::Filter;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct EventsQuery {
@@ -38,7 +38,7 @@ pub struct EventsQuery {
     after: Option<i64>,
 }
 
-fn list(text: &Option<String>) -> Option<crate::feed::hub::Names> {
+fn list(text: &Option<String>) -> Option<crate::names::Names> {
     text.as_ref().map(|t| {
         t.split(',')
             .map(str::trim)

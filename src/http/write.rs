@@ -142,7 +142,7 @@ async fn run(
         ));
     }
     tx.commit().await?;
-    crate::feed::timestamps::normalize_row(&mut row);
+    crate::timestamps::normalize_row(&mut row);
     Ok(Some(row))
 }
 

@@ -34,7 +34,7 @@ struct Seen {
 pub async fn run(setup: &Setup, clients: usize) -> Result<Vec<Figure>> {
     let deliveries = if setup.quick { 200_000 } else { 4_000_000 };
     // Within the hub's ring, so every client is served live.
-    let burst = (deliveries / clients).clamp(50, crate::config::defaults::HUB_CAPACITY / 2);
+    let burst = (deliveries / clients).clamp(50, pgfeed::config::defaults::HUB_CAPACITY / 2);
     let bursts = if setup.quick { 1 } else { BURSTS };
 
     // Both sets of clients at once need twice the descriptors; where the

@@ -65,7 +65,7 @@ pub async fn run(setup: &Setup, only: Option<&[String]>) -> Result<Vec<Figure>> 
     drain.abort();
     // What the last server had not sequenced when it stopped: now, so the next
     // scenario's server does not start with a backlog.
-    crate::feed::log::ticked_snapshot(&setup.pool).await?.commit().await?;
+    pgfeed::feed::log::ticked_snapshot(&setup.pool).await?.commit().await?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let runs = |v: &[f64]| v.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ");
     let of = |name: &str| chosen.iter().position(|v| *v == name).expect("references always run");

@@ -4,6 +4,8 @@
 //! `pgfeed`; application tables get nothing but the capture triggers
 //! `pgfeed.track` attaches, and `uninstall` takes those away again.
 
+pub mod commands;
+
 use anyhow::{Context, Result};
 use sqlx::PgPool;
 

@@ -35,7 +35,7 @@ use clap::Args;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::db;
+use pgfeed::db;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -166,7 +166,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .max_connections(args.writers as u32 + 4)
         .connect(&bench_url)
         .await?;
-    crate::install::migrate(&pool, false).await?;
+    pgfeed::install::migrate(&pool, false).await?;
     sqlx::raw_sql(include_str!("variants.sql")).execute(&pool).await?;
 
     let settings: (String, String, String) = sqlx::query_as(

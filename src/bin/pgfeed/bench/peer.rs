@@ -217,8 +217,8 @@ pub struct PeerArgs {
 
 fn reference_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
-        .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER)
+        .read_buffer_size(pgfeed::config::defaults::WS_READ_BUFFER)
+        .write_buffer_size(pgfeed::config::defaults::WS_WRITE_BUFFER)
 }
 
 /// One relay connection: each notification as a frame, all that are waiting in one write.
@@ -270,7 +270,7 @@ pub async fn serve_reference(args: PeerArgs) -> Result<()> {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            crate::http::no_delay(&mut stream);
+            pgfeed::http::no_delay(&mut stream);
             match kind {
                 PeerKind::Tcp => held.push(stream),
                 PeerKind::Relay => {

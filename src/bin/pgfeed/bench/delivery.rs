@@ -13,7 +13,7 @@ use super::{write, Figure, Setup};
 
 pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure>> {
     let pool = &setup.pool;
-    let server = crate::server::start(&setup.url, crate::server::Settings::default()).await?;
+    let server = pgfeed::server::start(&setup.url, pgfeed::server::Settings::default()).await?;
     let ws = format!("ws://{}/ws", server.addr);
     let start: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
     let (mut follower, _) = tokio_tungstenite::connect_async(&ws).await?;
@@ -40,7 +40,7 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
     tokio::time::sleep(Duration::from_millis(200)).await;
     write::measure(pool, "tracked", setup.writers, setup.span).await?;
     // A tick of its own: the head then covers every transaction the writers committed.
-    let mut ticked = crate::feed::log::ticked_snapshot(pool).await?;
+    let mut ticked = pgfeed::feed::log::ticked_snapshot(pool).await?;
     let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()")
         .fetch_one(&mut *ticked)
         .await?;
