@@ -253,6 +253,22 @@ pub enum ServerMessage<'a> {
 }
 
 impl ServerMessage<'_> {
+    /// The message's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::AuthOk { .. } => "auth_ok",
+            ServerMessage::Connected { .. } => "connected",
+            ServerMessage::Pong => "pong",
+            ServerMessage::Subscribed { .. } => "subscribed",
+            ServerMessage::Unsubscribed { .. } => "unsubscribed",
+            ServerMessage::Resumed { .. } => "resumed",
+            ServerMessage::RefreshNeeded { .. } => "refresh_needed",
+            ServerMessage::Snapshot { .. } => "snapshot",
+            ServerMessage::StudiesUpdate { .. } => "studies_update",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
     /// The message's JSON text in `envelope`.
     pub fn encode(&self, envelope: Envelope) -> String {
         let native = serde_json::to_string(self).expect("server messages always serialize");

@@ -13,9 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{defaults, ServeArgs};
 use crate::db;
-use crate::feed::hub::Hub;
 use crate::feed::listener::Listener;
 use crate::feed::log;
+use crate::feed::Feed;
 use crate::http::{self, AppState, Limits};
 use crate::metrics::Metrics;
 
@@ -153,13 +153,13 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         );
     }
     let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
     let state = AppState {
         pool: pool.clone(),
-        hub: Hub::new(settings.hub_capacity),
-        pearl: Arc::default(),
+        feed: Feed::new(pool.clone(), settings.hub_capacity, metrics.clone()),
         auth: settings.auth.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         ready: Arc::new(AtomicBool::new(false)),
         limits: Arc::new(settings.limits.clone()),
         shutdown: shutdown.clone(),
@@ -168,11 +168,8 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let background = TaskTracker::new();
     let mut listener = Listener::new(
         url.to_string(),
-        pool.clone(),
-        state.hub.clone(),
-        state.metrics.clone(),
+        &state.feed,
         state.ready.clone(),
-        state.pearl.clone(),
         settings.tick_interval,
     );
     listener.start_at_head().await.context("reading the start position")?;

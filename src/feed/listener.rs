@@ -29,6 +29,7 @@ use super::event::{Encoder, Interned};
 use super::hub::Hub;
 use super::log;
 use super::pearl;
+use super::Feed;
 use crate::db;
 use crate::metrics::Metrics;
 
@@ -263,21 +264,14 @@ enum Stop {
 }
 
 impl Listener {
-    pub fn new(
-        url: String,
-        pool: PgPool,
-        hub: Hub,
-        metrics: Arc<Metrics>,
-        ready: Arc<AtomicBool>,
-        pearl: Arc<Mutex<pearl::State>>,
-        tick_interval: Duration,
-    ) -> Listener {
+    /// The listener that keeps `feed` current from the database at `url`.
+    pub fn new(url: String, feed: &Feed, ready: Arc<AtomicBool>, tick_interval: Duration) -> Listener {
         Listener {
             url,
-            pool,
+            pool: feed.pool.clone(),
             reader: None,
-            hub,
-            metrics,
+            hub: feed.hub.clone(),
+            metrics: feed.metrics.clone(),
             ready,
             last_seq: 0,
             partial: None,
@@ -290,7 +284,7 @@ impl Listener {
             work: WorkLimit { next: WORK_TIMEOUT },
             tick_interval,
             previous_backends: Vec::new(),
-            pearl,
+            pearl: feed.pearl.clone(),
             names: Interned::default(),
         }
     }

@@ -1,5 +1,9 @@
-//! The feed: notifications and the log become typed events in commit order
-//! (`listener`), encoded once (`event`), fanned out (`hub`).
+//! The feed: the log becomes typed events in commit order (`sequencer`
+//! gives seqs, `listener` reads and publishes), encoded once (`event`), fanned
+//! out (`hub`), and each client's exact stream (`subscriber`).
+//!
+//! [`Feed`] is the one seam the layers above use: the hub to follow, the log
+//! to read, and PEARL's running state, which stays inside the feed.
 
 pub mod change;
 pub mod event;
@@ -7,4 +11,45 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod pearl;
+pub mod sequencer;
 pub mod subscriber;
+
+use std::sync::{Arc, Mutex};
+
+use sqlx::PgPool;
+
+use crate::metrics::Metrics;
+use hub::Hub;
+use pearl::Audience;
+use subscriber::Subscriber;
+
+/// The feed of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Feed {
+    /// Live events, encoded once.
+    pub hub: Hub,
+    /// Log reads for replays and snapshots.
+    pub pool: PgPool,
+    /// PEARL's running state (usernames, items, unresolved counts): the
+    /// listener's, kept current from the feed itself and copied by a replay,
+    /// so replayed PEARL messages say what live ones said.
+    pearl: Arc<Mutex<pearl::State>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Feed {
+    /// A feed whose hub keeps `hub_capacity` events.
+    pub fn new(pool: PgPool, hub_capacity: usize, metrics: Arc<Metrics>) -> Feed {
+        Feed {
+            hub: Hub::new(hub_capacity),
+            pool,
+            pearl: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// A stream for one client of `audience`, at the live end.
+    pub fn subscriber(&self, audience: Audience) -> Subscriber {
+        Subscriber::new(self.clone(), audience)
+    }
+}

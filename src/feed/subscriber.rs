@@ -11,18 +11,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sqlx::PgPool;
 
 use super::change::Change;
 use super::event::{Encoder, Event, Interned};
-use super::hub::{Batch, Behind, Cursor, Hub};
+use super::hub::{Batch, Behind, Cursor};
 use super::log::{self, Cursor as LogCursor};
-use super::pearl::{self, Audience};
+use super::pearl::Audience;
+use super::Feed;
 use crate::auth::Scope;
 use crate::filter::Filter;
-use crate::metrics::Metrics;
 
 /// Log rows read per page while replaying.
 const LOG_PAGE: i64 = 1000;
@@ -64,17 +64,6 @@ enum Step {
     AwaitHub,
 }
 
-/// What the subscriber needs from the server.
-#[derive(Clone)]
-pub struct Sources {
-    pub hub: Hub,
-    /// Log reads for replays.
-    pub pool: PgPool,
-    /// The listener's PEARL state, copied at the start of a replay.
-    pub pearl: Arc<Mutex<pearl::State>>,
-    pub metrics: Arc<Metrics>,
-}
-
 /// A replay from the log in progress. A task of its own reads and encodes
 /// the pages (one page ahead of the transport), so the socket never waits on a
 /// log round trip and the encoding runs beside the sending.
@@ -98,7 +87,7 @@ struct Replay {
 /// page is encoded and the one before it is sent. In one task the two took
 /// turns (`bench replay --rounds 3`: 134-151k events/s in one task, 151-161k
 /// in two).
-async fn read_ahead(sources: Sources, from: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>) {
+async fn read_ahead(sources: Feed, from: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>) {
     let (read, mut changes) = tokio::sync::mpsc::channel(2);
     let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_pages(sources.pool.clone(), from, read)));
     let mut state = sources.pearl.lock().expect("pearl state lock").clone();
@@ -149,7 +138,7 @@ async fn read_pages(pool: PgPool, from: i64, pages: tokio::sync::mpsc::Sender<sq
 }
 
 pub struct Subscriber {
-    sources: Sources,
+    sources: Feed,
     /// Which kind of endpoint this is: row events (`Native`) or PEARL's messages.
     audience: Audience,
     /// Our place in the hub's ring.
@@ -183,7 +172,7 @@ const LAG_SAMPLE: u64 = 64;
 
 impl Subscriber {
     /// A subscriber at the live end: it receives everything after the hub's head.
-    pub fn new(sources: Sources, audience: Audience) -> Subscriber {
+    pub fn new(sources: Feed, audience: Audience) -> Subscriber {
         let (cursor, last_seq) = sources.hub.subscribe();
         Subscriber {
             sources,
@@ -487,6 +476,7 @@ impl Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::hub::Hub;
     use serde_json::json;
     use std::time::Duration;
 
@@ -496,7 +486,7 @@ mod tests {
             .acquire_timeout(Duration::from_millis(50))
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
-        let sources = Sources {
+        let sources = Feed {
             hub: hub.clone(),
             pool,
             pearl: Arc::default(),

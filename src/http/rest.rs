@@ -7,10 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::access::Access;
-use super::{ApiError, AppState};
-use crate::feed::log;
+use super::{verbs, ApiError, AppState};
 use crate::protocol::{Envelope, ServerMessage};
-use serde_json::value::RawValue;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -63,16 +61,7 @@ pub async fn table_snapshot(
 ) -> Result<Response, ApiError> {
     let scope = access.require(&state)?;
     let table = table.trim_end_matches('/');
-    if !scope.allows_table(table) {
-        state.metrics.forbidden.inc();
-        return Err(ApiError::Forbidden(format!(
-            "table `{table}` is outside this token's scope"
-        )));
-    }
-    let Some((watermark, rows)) = log::snapshot(&state.pool, table, &scope).await? else {
-        return Err(ApiError::NotFound(format!("table `{table}` is not tracked")));
-    };
-    let rows = RawValue::from_string(rows).expect("the log returns JSON");
+    let (watermark, rows) = verbs::snapshot(&state, &scope, table).await?;
     let body = ServerMessage::Snapshot {
         table,
         seq: watermark,

@@ -21,12 +21,13 @@ use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::access::Access;
-use super::{until, ApiError, AppState};
-use crate::feed::log;
+use super::access::{until, Access};
+use super::verbs::{self, ResumeFrom};
+use super::{ApiError, AppState};
 use crate::feed::pearl::Audience;
-use crate::feed::subscriber::{Next, Subscriber};
+use crate::feed::subscriber::Next;
 use crate::filter::Filter;
+use crate::protocol::{Envelope, ServerMessage};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct EventsQuery {
@@ -72,26 +73,13 @@ pub async fn events(
         where_,
         ..Filter::default()
     };
-    let size = filter.size();
-    if size > state.limits.max_subscriptions {
-        return Err(ApiError::BadRequest(format!(
-            "this subscription names {size} tables, types and values; the most is {}",
-            state.limits.max_subscriptions
-        )));
-    }
-    if let Some(table) = filter.tables.iter().flatten().find(|t| !scope.allows_table(t)) {
-        state.metrics.forbidden.inc();
-        return Err(ApiError::Forbidden(format!(
-            "table `{}` is outside this token's scope",
-            table.chars().take(64).collect::<String>()
-        )));
-    }
+    verbs::check_filter(&state, &scope, &filter)?;
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         state.metrics.connections_refused.inc();
         return Ok((StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response());
     };
 
-    let mut sub = Subscriber::new(state.sources(), Audience::Native);
+    let mut sub = state.feed.subscriber(Audience::Native);
     sub.scope = Some(scope);
     sub.filter = Some(filter);
     // `Last-Event-ID` (a browser reconnecting) wins over `?after=`.
@@ -100,29 +88,31 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
         .or(query.after);
-    let mut opening = vec![SseEvent::default()
-        .event("connected")
-        .data(format!("{{\"seq\":{}}}", sub.last_seq()))
-        .id(sub.last_seq().to_string())];
+    let connection_id = uuid::Uuid::new_v4();
+    let mut start = sub.last_seq();
+    let mut refresh = None;
     if let Some(after) = after {
-        let oldest = log::resumable_from(&state.pool).await?;
-        let head = log::head(&state.pool).await?;
-        if after < oldest {
-            opening.push(SseEvent::default().event("refresh_needed").data(format!(
-                "{{\"type\":\"refresh_needed\",\"reason\":\"retention\",\"seq\":{after},\"oldest_seq\":{oldest}}}"
-            )));
-        } else if after > head {
-            return Err(ApiError::BadRequest(format!(
-                "after={after} is beyond the newest seq {head}"
-            )));
-        } else {
-            sub.resume_after(after);
-            opening[0] = SseEvent::default()
-                .event("connected")
-                .data(format!("{{\"seq\":{after}}}"))
-                .id(after.to_string());
+        match verbs::resume_from(&state, after).await? {
+            ResumeFrom::Replay { after, .. } => {
+                sub.resume_after(after);
+                start = after;
+            }
+            ResumeFrom::Pruned { oldest } => {
+                refresh = Some(message(&ServerMessage::RefreshNeeded {
+                    reason: "retention",
+                    seq: after,
+                    oldest_seq: Some(oldest),
+                }))
+            }
         }
     }
+    let connected = ServerMessage::Connected {
+        connection_id,
+        seq: start,
+    };
+    let opening: Vec<SseEvent> = std::iter::once(message(&connected).id(start.to_string()))
+        .chain(refresh)
+        .collect();
     let expires = match &access {
         Access::Granted(grant) => grant.deadline(),
         _ => None,
@@ -142,10 +132,11 @@ pub async fn events(
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = until(expires) => {
-                        let event = SseEvent::default()
-                            .event("error")
-                            .data(r#"{"type":"error","code":"token_expired","message":"the token has expired; reconnect with a fresh one"}"#);
-                        return Some((event, (sub, permit, true)));
+                        let expired = ServerMessage::Error {
+                            code: "token_expired",
+                            message: "the token has expired; reconnect with a fresh one",
+                        };
+                        return Some((message(&expired), (sub, permit, true)));
                     }
                     next = sub.next() => next,
                 };
@@ -156,10 +147,11 @@ pub async fn events(
                     }
                     Next::Whole(seq) => SseEvent::default().id(seq.to_string()),
                     Next::Idle => continue,
-                    Next::LogUnavailable => SseEvent::default().event("refresh_needed").data(format!(
-                        "{{\"type\":\"refresh_needed\",\"reason\":\"log_unavailable\",\"seq\":{}}}",
-                        sub.last_seq()
-                    )),
+                    Next::LogUnavailable => message(&ServerMessage::RefreshNeeded {
+                        reason: "log_unavailable",
+                        seq: sub.last_seq(),
+                        oldest_seq: None,
+                    }),
                 };
                 return Some((event, (sub, permit, false)));
             }
@@ -168,4 +160,11 @@ pub async fn events(
     let events = stream::iter(opening).chain(live).map(Ok::<_, Infallible>);
     let heartbeat = KeepAlive::new().interval(state.limits.heartbeat).text("heartbeat");
     Ok(Sse::new(events).keep_alive(heartbeat).into_response())
+}
+
+/// One of the server's own messages as an SSE event named by its type.
+fn message(message: &ServerMessage<'_>) -> SseEvent {
+    SseEvent::default()
+        .event(message.kind())
+        .data(message.encode(Envelope::Type))
 }

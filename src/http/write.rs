@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::access::Access;
-use super::{ApiError, AppState};
+use super::{verbs, ApiError, AppState};
 use crate::auth::Scope;
 
 /// A tracked table as writes see it, and what the token may write there.
@@ -39,12 +39,7 @@ async fn target(state: &AppState, access: &Access, table: &str) -> Result<Target
             "this token may not write (its pgfeed claim has no \"write\": true)".into(),
         ));
     }
-    if !scope.allows_table(table) {
-        state.metrics.forbidden.inc();
-        return Err(ApiError::Forbidden(format!(
-            "table `{table}` is outside this token's scope"
-        )));
-    }
+    verbs::check_table(state, &scope, table)?;
     let found: Option<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
         "SELECT t.table_name::regclass::text, t.exclude,
                 ARRAY(SELECT a.attname::text FROM pg_attribute a

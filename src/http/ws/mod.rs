@@ -1,0 +1,125 @@
+//! WebSocket endpoints: the general protocol (`/ws`, `/ws/updates`) and the
+//! PEARL one (`/api/v1/ws/studies`). Each handler says how the connection was
+//! opened and upgrades it; [`session`] serves it (the transport), [`actions`]
+//! answers the client's messages, [`rate`] bounds how fast it may send them.
+
+mod actions;
+mod rate;
+pub mod session;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::access::{self, Access};
+use super::AppState;
+use crate::protocol::Envelope;
+use session::Session;
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `/ws`: `connected`, explicit `subscribe`, snapshots with watermarks, resume.
+    General,
+    /// `/api/v1/ws/studies`: `studies_update` on connect, every PEARL event pushed.
+    Pearl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    /// Resume right away after this seq (same as a first `resume` message).
+    after: Option<i64>,
+    /// `event`: the `{"event", "data", "timestamp"}` envelope both ways.
+    envelope: Option<String>,
+    /// Shadower's workspace: narrows the token's scope to `workspace_id` in these values.
+    workspace_id: Option<String>,
+}
+
+/// How a connection was opened.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub protocol: Protocol,
+    pub envelope: Envelope,
+    pub after: Option<i64>,
+    pub access: Access,
+    /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
+    pub workspace: Option<Vec<serde_json::Value>>,
+}
+
+pub async fn general(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    access: Access,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let envelope = match query.envelope.as_deref() {
+        None | Some("type") => Envelope::Type,
+        Some("event") => Envelope::Event,
+        Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
+    };
+    upgrade(ws, state, Opening::new(Protocol::General, envelope, access, &query))
+}
+
+/// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
+pub async fn updates(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    access: Access,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    upgrade(
+        ws,
+        state,
+        Opening::new(Protocol::General, Envelope::Event, access, &query),
+    )
+}
+
+pub async fn pearl(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    access: Access,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let mut opening = Opening::new(Protocol::Pearl, Envelope::Type, access, &query);
+    opening.after = None;
+    upgrade(ws, state, opening)
+}
+
+impl Opening {
+    fn new(protocol: Protocol, envelope: Envelope, access: Access, query: &ConnectQuery) -> Opening {
+        Opening {
+            protocol,
+            envelope,
+            after: query.after,
+            access,
+            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
+        }
+    }
+}
+
+fn upgrade(ws: WebSocketUpgrade, state: AppState, opening: Opening) -> Response {
+    // The permit lives as long as the socket's task: the cap can never be exceeded.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        state.metrics.connections_refused.inc();
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    let max = state.limits.max_frame;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(crate::config::defaults::WS_READ_BUFFER)
+        .write_buffer_size(crate::config::defaults::WS_WRITE_BUFFER)
+        .on_upgrade(move |socket: WebSocket| {
+            // No async block around `run`: it would hold a second copy of the
+            // session and socket in every idle connection's task.
+            let session = Session::new(state, &opening);
+            session
+                .state
+                .sockets
+                .clone()
+                .track_future(session.run(socket, opening, permit))
+        })
+}
