@@ -11,8 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::backoff::Backoff;
+use crate::protocol::{Action, Envelope, EventFrame, Received, ServerMessage, Subscription};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -62,28 +65,22 @@ struct Position {
     to_skip: usize,
 }
 
-/// The subscription message the flags describe.
-fn subscription(args: &TailArgs) -> Result<Value> {
-    let mut message = Map::new();
-    message.insert("action".into(), json!("subscribe"));
-    if !args.tables.is_empty() {
-        message.insert("tables".into(), json!(args.tables));
+/// The subscription the flags describe.
+fn subscription(args: &TailArgs) -> Result<Action> {
+    let list = |names: &[String]| (!names.is_empty()).then(|| names.iter().cloned().collect());
+    let mut where_ = Map::new();
+    for condition in &args.where_ {
+        let Some((column, value)) = condition.split_once('=') else {
+            bail!("--where takes column=value, not `{condition}`");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+        where_.insert(column.trim().to_string(), value);
     }
-    if !args.types.is_empty() {
-        message.insert("types".into(), json!(args.types));
-    }
-    if !args.where_.is_empty() {
-        let mut where_ = Map::new();
-        for condition in &args.where_ {
-            let Some((column, value)) = condition.split_once('=') else {
-                bail!("--where takes column=value, not `{condition}`");
-            };
-            let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
-            where_.insert(column.trim().to_string(), value);
-        }
-        message.insert("where".into(), Value::Object(where_));
-    }
-    Ok(Value::Object(message))
+    Ok(Action::Subscribe(Subscription {
+        tables: list(&args.tables),
+        types: list(&args.types),
+        where_: (!where_.is_empty()).then_some(where_),
+    }))
 }
 
 /// `ws[s]://host:port/ws` from what the user typed.
@@ -113,9 +110,10 @@ pub async fn tail(args: TailArgs) -> Result<()> {
         seq: args.after,
         ..Position::default()
     };
-    let mut failures = 0u32;
+    // 1, 2, 4, 8, 16, then 30 s, each with up to 20% jitter.
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 0.2);
     loop {
-        let attempt = follow(&url, &args, &subscribe, &mut position, &mut failures);
+        let attempt = follow(&url, &args, &subscribe, &mut position, &mut backoff);
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("tail: stopped");
@@ -126,8 +124,7 @@ pub async fn tail(args: TailArgs) -> Result<()> {
                     Ok(()) => "the server closed the connection".to_string(),
                     Err(err) => format!("{err:#}"),
                 };
-                let wait = backoff(failures);
-                failures += 1;
+                let wait = backoff.next_wait();
                 eprintln!("tail: reconnecting in {:.1} s ({reason})", wait.as_secs_f64());
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {
@@ -141,36 +138,28 @@ pub async fn tail(args: TailArgs) -> Result<()> {
     }
 }
 
-/// 1, 2, 4, 8, 16, then 30 s, each with up to 20% jitter.
-fn backoff(failures: u32) -> Duration {
-    let base = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0][failures.min(5) as usize];
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = f64::from(nanos % 1000) / 1000.0 * 0.2;
-    Duration::from_secs_f64(base * (1.0 + jitter))
-}
-
 /// One connection: subscribe, resume where the printed stream stands, print.
 async fn follow(
     url: &str,
     args: &TailArgs,
-    subscribe: &Value,
+    subscribe: &Action,
     position: &mut Position,
-    failures: &mut u32,
+    backoff: &mut Backoff,
 ) -> Result<()> {
     let target = match &args.token {
-        Some(token) => format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' }),
+        Some(token) => {
+            let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+            format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' })
+        }
         None => url.to_string(),
     };
     eprintln!("tail: connecting to {url}");
     let mut socket = connect(&target).await?;
-    let hello = next_json(&mut socket).await?;
-    if hello["type"] != "connected" {
+    let hello = next_text(&mut socket).await?;
+    let Ok(Received::Server(ServerMessage::Connected { seq: head, .. })) = Received::parse(&hello) else {
         bail!("the server did not say connected: {hello}");
-    }
-    socket.send(Message::Text(subscribe.to_string().into())).await?;
+    };
+    socket.send(Message::Text(subscribe.encode().into())).await?;
     expect(&mut socket, "subscribed").await?;
     // Continue the printed stream: from the transaction of the last event printed,
     // dropping what of it was printed already.
@@ -178,25 +167,28 @@ async fn follow(
         let after = if position.printed > 0 { seq - 1 } else { seq };
         position.to_skip = position.printed;
         socket
-            .send(Message::Text(
-                json!({"action": "resume", "after": after}).to_string().into(),
-            ))
+            .send(Message::Text(Action::Resume { after }.encode().into()))
             .await?;
-        let resumed = expect(&mut socket, "resumed").await?;
-        let head = resumed["head"].as_i64().unwrap_or(after);
+        let head = match expect(&mut socket, "resumed").await? {
+            ServerMessage::Resumed { head, .. } => head,
+            _ => after,
+        };
         eprintln!("tail: connected; catching up {} transactions", (head - after).max(0));
     } else {
-        eprintln!("tail: connected at seq {}", hello["seq"]);
+        eprintln!("tail: connected at seq {head}");
     }
-    *failures = 0;
+    backoff.reset();
     let mut out = std::io::stdout().lock();
     loop {
-        let message = next_json(&mut socket).await?;
-        match message["type"].as_str() {
-            Some("error") => eprintln!("tail: server says {}", message["message"]),
-            Some("refresh_needed") => eprintln!("tail: the server cannot replay from here ({message})"),
-            _ if message.get("seq").is_some() && message.get("table").is_some() => {
-                let seq = message["seq"].as_i64().unwrap_or(0);
+        let text = next_text(&mut socket).await?;
+        match Received::parse(&text) {
+            Ok(Received::Server(ServerMessage::Error { message, .. })) => eprintln!("tail: server says {message:?}"),
+            Ok(Received::Server(refresh @ ServerMessage::RefreshNeeded { .. })) => eprintln!(
+                "tail: the server cannot replay from here ({})",
+                refresh.encode(Envelope::Type)
+            ),
+            Ok(Received::Event(event)) => {
+                let seq = event.seq;
                 if Some(seq) == position.seq && position.to_skip > 0 {
                     position.to_skip -= 1;
                     continue;
@@ -211,8 +203,8 @@ async fn follow(
                     };
                 }
                 match args.format {
-                    Format::Json => writeln!(out, "{message}")?,
-                    Format::Line => writeln!(out, "{}", line(&message))?,
+                    Format::Json => writeln!(out, "{text}")?,
+                    Format::Line => writeln!(out, "{}", line(&event))?,
                 }
                 out.flush()?;
             }
@@ -222,8 +214,8 @@ async fn follow(
 }
 
 /// `#12 study_updated studies {"id":3,"study_label":"ONC-001b"} by 42`
-fn line(event: &Value) -> String {
-    let mut data = event["data"].to_string();
+fn line(event: &EventFrame<'_>) -> String {
+    let mut data = event.data.to_string();
     if data.len() > 160 {
         let mut cut = 157;
         while !data.is_char_boundary(cut) {
@@ -232,13 +224,8 @@ fn line(event: &Value) -> String {
         data.truncate(cut);
         data.push_str("...");
     }
-    let actor = event["actor"].as_str().map(|a| format!(" by {a}")).unwrap_or_default();
-    format!(
-        "#{} {} {} {data}{actor}",
-        event["seq"],
-        event["type"].as_str().unwrap_or("?"),
-        event["table"].as_str().unwrap_or("?")
-    )
+    let actor = event.actor.as_ref().map(|a| format!(" by {a}")).unwrap_or_default();
+    format!("#{} {} {} {data}{actor}", event.seq, event.kind, event.table)
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
@@ -285,12 +272,12 @@ async fn connect(url: &str) -> Result<Socket> {
     Ok(socket)
 }
 
-async fn next_json(socket: &mut Socket) -> Result<Value> {
+async fn next_text(socket: &mut Socket) -> Result<String> {
     loop {
         match socket.next().await {
             None => bail!("the connection ended"),
             Some(Err(err)) => return Err(err.into()),
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
+            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
             Some(Ok(Message::Close(frame))) => {
                 bail!(
                     "closed by the server ({})",
@@ -302,15 +289,19 @@ async fn next_json(socket: &mut Socket) -> Result<Value> {
     }
 }
 
-/// Reads until a message of type `kind`; an error message fails.
-async fn expect(socket: &mut Socket, kind: &str) -> Result<Value> {
+/// Reads until one of the server's messages of type `kind`; an error message fails.
+async fn expect(socket: &mut Socket, kind: &str) -> Result<ServerMessage<'static>> {
     loop {
-        let message = next_json(socket).await?;
-        if message["type"] == kind {
-            return Ok(message);
+        let text = next_text(socket).await?;
+        // Its fields are read as owned text: nothing of it borrows the frame.
+        let Ok(message) = serde_json::from_str::<ServerMessage<'static>>(&text) else {
+            continue;
+        };
+        if let ServerMessage::Error { message, .. } = &message {
+            bail!("the server refused: {message:?}");
         }
-        if message["type"] == "error" {
-            bail!("the server refused: {}", message["message"]);
+        if message.kind() == kind {
+            return Ok(message);
         }
     }
 }
@@ -337,10 +328,8 @@ mod tests {
             token: None,
         };
         assert_eq!(
-            subscription(&args).unwrap(),
+            serde_json::to_value(subscription(&args).unwrap()).unwrap(),
             json!({"action": "subscribe", "tables": ["studies"], "where": {"study_id": 3, "label": "ONC"}})
         );
-        assert!((1.0..=1.2).contains(&backoff(0).as_secs_f64()));
-        assert!((30.0..=36.0).contains(&backoff(9).as_secs_f64()));
     }
 }

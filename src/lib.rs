@@ -38,6 +38,7 @@
 //! beside its reference.
 
 pub mod auth;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod db;

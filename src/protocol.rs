@@ -3,6 +3,8 @@
 //! codes, and the two envelopes. WebSocket sessions, SSE and `tail` all read
 //! these definitions; events themselves are encoded once in `feed::event`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -32,14 +34,14 @@ pub enum Envelope {
 }
 
 /// `subscribe {tables?, types?, where?}`; `event_types` is the seeds' name for `types`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables: Option<Names>,
-    #[serde(default, alias = "event_types")]
+    #[serde(default, alias = "event_types", skip_serializing_if = "Option::is_none")]
     pub types: Option<Names>,
-    #[serde(default, rename = "where")]
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub where_: Option<Map<String, Value>>,
 }
 
@@ -83,13 +85,16 @@ struct TokenArg {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
-/// What a client asks for.
-#[derive(Debug, Clone)]
+/// What a client asks for. Clients write it as `{"action": …, …}`
+/// (`Serialize`); the server reads every dialect of it with [`Action::parse`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     Ping,
     Subscribe(Subscription),
     /// Without types: stop everything; with types: stop only those.
     Unsubscribe {
+        #[serde(skip_serializing_if = "Option::is_none")]
         types: Option<Names>,
     },
     Snapshot {
@@ -124,6 +129,11 @@ fn kind_of(value: &Value) -> &'static str {
 const IGNORED: [&str; 4] = ["id", "request_id", "client_id", "timestamp"];
 
 impl Action {
+    /// The message's JSON text, as a client sends it.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("actions always serialize")
+    }
+
     /// Reads one client message. The verb is `action`, `type` or `event`; its
     /// arguments are the other fields, or the fields of `data` (the envelope).
     /// Unknown verbs and fields are refused with a message saying which.
@@ -198,15 +208,16 @@ impl Action {
     }
 }
 
-/// Every message the server sends other than events.
-#[derive(Debug, Serialize)]
+/// Every message the server sends other than events. Both directions: the
+/// server encodes it, clients (`tail`, the bench, the tests) read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
     /// A token sent with `auth` was accepted; it is valid until `expires_at` (seconds since 1970).
     AuthOk {
         expires_at: u64,
     },
-    /// First message on `/ws`.
+    /// First message on `/ws` (and on `/events`).
     Connected {
         connection_id: uuid::Uuid,
         seq: i64,
@@ -214,14 +225,14 @@ pub enum ServerMessage<'a> {
     Pong,
     Subscribed {
         seq: i64,
-        tables: Option<&'a Names>,
-        types: Option<&'a Names>,
+        tables: Option<Cow<'a, Names>>,
+        types: Option<Cow<'a, Names>>,
         #[serde(rename = "where")]
-        where_: Option<&'a Map<String, Value>>,
+        where_: Option<Cow<'a, Map<String, Value>>>,
     },
     Unsubscribed {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        types: Option<&'a Names>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        types: Option<Cow<'a, Names>>,
     },
     /// Replay after `after` follows, then live events.
     Resumed {
@@ -230,26 +241,88 @@ pub enum ServerMessage<'a> {
     },
     /// The client must re-snapshot: its position can no longer be served.
     RefreshNeeded {
-        reason: &'a str,
+        reason: Cow<'a, str>,
         seq: i64,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         oldest_seq: Option<i64>,
     },
     /// Rows of `table` as of `seq`; events after `seq` follow.
     Snapshot {
-        table: &'a str,
+        table: Cow<'a, str>,
         seq: i64,
-        rows: &'a RawValue,
+        rows: Cow<'a, RawValue>,
     },
     /// PEARL: every study, as of `seq`.
     StudiesUpdate {
-        data: &'a RawValue,
+        data: Cow<'a, RawValue>,
         seq: i64,
     },
     Error {
-        code: &'a str,
-        message: &'a str,
+        code: Cow<'a, str>,
+        message: Cow<'a, str>,
     },
+}
+
+impl<'a> ServerMessage<'a> {
+    /// An `error` message.
+    pub fn error(code: &'a str, message: &'a str) -> ServerMessage<'a> {
+        ServerMessage::Error {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A `refresh_needed` message: the client at `seq` must re-snapshot.
+    pub fn refresh_needed(reason: &'a str, seq: i64, oldest_seq: Option<i64>) -> ServerMessage<'a> {
+        ServerMessage::RefreshNeeded {
+            reason: reason.into(),
+            seq,
+            oldest_seq,
+        }
+    }
+}
+
+/// A row event (or a PEARL message) as it goes on the wire, with `type`
+/// first (the event envelope relies on it). Encoded once per event by the
+/// feed; read by clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: Cow<'a, str>,
+    pub data: Cow<'a, Value>,
+    pub seq: i64,
+    pub table: Cow<'a, str>,
+    pub op: Cow<'a, str>,
+    /// The columns an update changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Cow<'a, [String]>>,
+    pub actor: Option<Cow<'a, str>>,
+    pub timestamp: Cow<'a, str>,
+    /// The event's place in its transaction, and how many events it has.
+    pub tx_index: i32,
+    pub tx_size: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved_count: Option<i64>,
+    /// Computed by the listener from old and new rows (PEARL's messages).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub derived: bool,
+}
+
+/// What a client reads from the feed: one of the server's own messages, or an event.
+#[derive(Debug, Clone)]
+pub enum Received<'a> {
+    Server(ServerMessage<'a>),
+    Event(EventFrame<'a>),
+}
+
+impl<'a> Received<'a> {
+    /// Reads one text frame of `/ws` (in the `type` envelope).
+    pub fn parse(text: &'a str) -> Result<Received<'a>, serde_json::Error> {
+        match serde_json::from_str::<ServerMessage<'a>>(text) {
+            Ok(message) => Ok(Received::Server(message)),
+            Err(_) => serde_json::from_str(text).map(Received::Event),
+        }
+    }
 }
 
 impl ServerMessage<'_> {
@@ -361,5 +434,77 @@ mod tests {
         let connected: Value = serde_json::from_str(&connected).unwrap();
         assert_eq!(connected["data"]["seq"], 4);
         assert_eq!(ServerMessage::Pong.encode(Envelope::Type), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn every_message_reads_back_as_it_was_written() {
+        let names: Names = ["a".to_string()].into_iter().collect();
+        let rows = RawValue::from_string("[{\"id\":1}]".into()).unwrap();
+        let messages = [
+            ServerMessage::AuthOk { expires_at: 9 },
+            ServerMessage::Connected {
+                connection_id: uuid::Uuid::nil(),
+                seq: 3,
+            },
+            ServerMessage::Pong,
+            ServerMessage::Subscribed {
+                seq: 1,
+                tables: Some(Cow::Borrowed(&names)),
+                types: None,
+                where_: None,
+            },
+            ServerMessage::Unsubscribed { types: None },
+            ServerMessage::Resumed { after: 1, head: 2 },
+            ServerMessage::refresh_needed("retention", 4, Some(7)),
+            ServerMessage::Snapshot {
+                table: "a".into(),
+                seq: 2,
+                rows: Cow::Borrowed(&rows),
+            },
+            ServerMessage::StudiesUpdate {
+                data: Cow::Borrowed(&rows),
+                seq: 2,
+            },
+            ServerMessage::error("bad_request", "say \"why\""),
+        ];
+        for message in messages {
+            let text = message.encode(Envelope::Type);
+            let Received::Server(read) = Received::parse(&text).unwrap() else {
+                panic!("{text} is the server's own")
+            };
+            assert_eq!(read.encode(Envelope::Type), text);
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["type"], message.kind());
+        }
+        let event = r#"{"type":"study_created","data":{"id":1},"seq":2,"table":"studies","op":"INSERT","actor":null,"timestamp":"2026-01-01T00:00:00.000Z","tx_index":0,"tx_size":1}"#;
+        let Received::Event(frame) = Received::parse(event).unwrap() else {
+            panic!("an event")
+        };
+        assert_eq!(
+            (frame.kind.as_ref(), frame.seq, frame.data["id"].as_i64()),
+            ("study_created", 2, Some(1))
+        );
+        assert_eq!(serde_json::to_string(&frame).unwrap(), event);
+    }
+
+    #[test]
+    fn actions_a_client_writes_are_actions_the_server_reads() {
+        let actions = [
+            Action::Ping,
+            Action::Subscribe(Subscription {
+                tables: Some(["studies".to_string()].into_iter().collect()),
+                types: None,
+                where_: Some(serde_json::json!({"id": [1, "2"]}).as_object().unwrap().clone()),
+            }),
+            Action::Subscribe(Subscription::default()),
+            Action::Unsubscribe { types: None },
+            Action::Snapshot { table: "t".into() },
+            Action::Resume { after: 5 },
+            Action::Refresh,
+            Action::Auth { token: "x".into() },
+        ];
+        for action in actions {
+            let text = action.encode();
+            assert_eq!(Action::parse(&text).unwrap(), action, "{text}");
+        }
     }
 }

@@ -165,7 +165,7 @@ proptest! {
     #[test]
     fn server_messages_encode_in_both_envelopes(code in ".{0,20}", message in ".{0,200}") {
         for envelope in [Envelope::Type, Envelope::Event] {
-            let text = ServerMessage::Error { code: &code, message: &message }.encode(envelope);
+            let text = ServerMessage::error(&code, &message).encode(envelope);
             prop_assert!(serde_json::from_str::<Value>(&text).is_ok());
         }
     }

@@ -178,21 +178,17 @@ fn every_server_message_type() -> Vec<String> {
         },
         ServerMessage::Unsubscribed { types: None },
         ServerMessage::Resumed { after: 0, head: 0 },
-        ServerMessage::RefreshNeeded {
-            reason: "retention",
-            seq: 0,
-            oldest_seq: None,
-        },
+        ServerMessage::refresh_needed("retention", 0, None),
         ServerMessage::Snapshot {
-            table: "t",
+            table: "t".into(),
             seq: 0,
-            rows: &rows,
+            rows: std::borrow::Cow::Borrowed(&rows),
         },
-        ServerMessage::StudiesUpdate { data: &rows, seq: 0 },
-        ServerMessage::Error {
-            code: "bad_request",
-            message: "m",
+        ServerMessage::StudiesUpdate {
+            data: std::borrow::Cow::Borrowed(&rows),
+            seq: 0,
         },
+        ServerMessage::error("bad_request", "m"),
     ];
     for sample in &samples {
         match sample {

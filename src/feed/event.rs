@@ -1,10 +1,10 @@
 //! Changes become events: the wire form of DESIGN §3, encoded once and shared
 //! by every subscriber, plus PEARL's messages (`feed::pearl` says which).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::change::{Change, Op};
@@ -12,6 +12,7 @@ use super::pearl::{self, Audience};
 use crate::auth::Scope;
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::protocol::EventFrame;
 use crate::timestamps;
 
 /// One event as subscribers receive it. `frame` is its JSON text, made once.
@@ -65,26 +66,6 @@ fn event_envelope(frame: &str) -> String {
         Some(rest) => format!("{{\"event\":{rest}"),
         None => frame.to_string(),
     }
-}
-
-#[derive(Serialize)]
-struct Wire<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    data: &'a Value,
-    seq: i64,
-    table: &'a str,
-    op: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    changed: Option<&'a [String]>,
-    actor: Option<&'a str>,
-    timestamp: &'a str,
-    tx_index: i32,
-    tx_size: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unresolved_count: Option<i64>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    derived: bool,
 }
 
 /// Turns changes into events, PEARL's messages included.
@@ -178,15 +159,15 @@ impl Encoder<'_> {
                 .map(|m| (m.kind, Some(&m.data), m.audience, m.derived)),
         );
         for (n, (kind, data, audience, derived)) in messages.enumerate() {
-            let wire = Wire {
-                kind,
-                data: data.unwrap_or(&Value::Null),
+            let wire = EventFrame {
+                kind: Cow::Borrowed(kind),
+                data: Cow::Borrowed(data.unwrap_or(&Value::Null)),
                 seq: change.seq,
-                table: &change.table,
-                op: change.op.as_str(),
-                changed: changed.as_deref(),
-                actor: change.actor.as_deref(),
-                timestamp: &change.at,
+                table: Cow::Borrowed(&change.table),
+                op: Cow::Borrowed(change.op.as_str()),
+                changed: changed.as_deref().map(Cow::Borrowed),
+                actor: change.actor.as_deref().map(Cow::Borrowed),
+                timestamp: Cow::Borrowed(&change.at),
                 tx_index: change.tx_index,
                 tx_size: change.tx_size,
                 unresolved_count: if n == 0 { outcome.unresolved_count } else { None },

@@ -1,15 +1,12 @@
-//! The listener: one `LISTEN pgfeed` connection that also sequences commits,
-//! turned into events in seq order.
+//! The listener: one `LISTEN pgfeed` connection, its log reader, and what
+//! they deliver, in seq order.
 //!
 //! Writers only log their rows (migrations/capture/0002); a tick gives the
 //! transactions committed since the last one their seqs, and the listener
-//! delivers them from the log. One listener among all instances ticks: the one
-//! holding the sequencer's session lock (the leader). While it waits for work
-//! it holds a second lock, which makes writers wake it with a notification;
-//! while it is ticking, writers share that lock and send nothing. The others
-//! share a third lock, which makes every tick announce its head to them as
-//! `{"seq": N}` (with no follower, ticks send nothing), and take over the lead
-//! when its holder's session ends.
+//! delivers them from the log. Whether this listener ticks, and when, is the
+//! sequencer's to decide (`feed::sequencer`); the listener keeps the
+//! connection (reconnecting with backoff), runs the ticks, catches up from
+//! the log and publishes to the hub.
 //!
 //! Whatever happens (a reconnect, a lost lead, a malformed payload, a quiet
 //! connection whose head moved), the listener reads the log after the last seq
@@ -24,195 +21,28 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::bounded::{within, WorkLimit, ROUND_TRIP_TIMEOUT};
 use super::change::{Change, Notice};
 use super::event::{Encoder, Interned};
 use super::hub::Hub;
 use super::log;
 use super::pearl;
+use super::sequencer::Sequencer;
 use super::Feed;
+use crate::backoff::Backoff;
 use crate::db;
 use crate::metrics::Metrics;
 
 /// The notification channel of writers and ticks.
 pub const CHANNEL: &str = "pgfeed";
-/// How long the connection may be quiet before the listener checks it is alive
-/// and that it has missed nothing.
-const QUIET_CHECK: Duration = Duration::from_secs(3);
-/// How often a follower tries for the lead: while nobody ticks, writers send
-/// nothing, so this bounds how long a departed leader holds the feed up.
-const FOLLOWER_CHECK: Duration = Duration::from_secs(1);
 const LOG_PAGE: i64 = 2000;
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a small round trip on the listener's connection may take (a lock,
-/// an unlock, a wait for writers, LISTEN): every one is bounded, or a dead
-/// connection met at that moment would hold the feed up for good.
-const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a leader whose tick found nothing waits for the writers that share
-/// the waiting lock to commit before it ticks again: short at first (it cannot
-/// tick while it waits, and other writers may be committing), longer while it
-/// keeps finding nothing (one long transaction holds it).
-const SHORTEST_PATIENCE: Duration = Duration::from_millis(1);
-const LONGEST_PATIENCE: Duration = Duration::from_millis(50);
-/// How many empty ticks in a row, one `tick_interval` apart, a leader ticks
-/// before it waits for writers: a few while the feed is quiet, more while it
-/// is busy (sequencing `BUSY_RATE` transactions a second or more). Busy,
-/// commits come in bursts, one per WAL flush: with fsync on, a leader that
-/// waited after its first empty tick held the waiting lock through most gaps
-/// between flushes, every writer committing meanwhile sent a notification to
-/// wake it, and those commits queued one by one for the notification queue's
-/// lock (Lock:object at COMMIT was half of the tracked writers' samples in
-/// pg_stat_activity). Quiet, a wake-up costs a writer nothing it would wait
-/// for, and a leader still ticking when the next commit comes makes it wait
-/// for the next tick instead (at 100 tx/s, 8 empty ticks put the p50 from
-/// commit to client at 2.2-2.9 ms against 1.4-1.8 ms).
-const EMPTY_TICKS_WHEN_QUIET: u32 = 2;
-const EMPTY_TICKS_WHEN_BUSY: u32 = 8;
-/// The gaps between WAL flushes are a span of time, not a number of ticks: a
-/// busy leader ticks through this much of them (8 ticks at 2 ms apart, 16 at
-/// 1 ms), and never fewer than `EMPTY_TICKS_WHEN_BUSY`.
-const BUSY_PATIENCE: Duration = Duration::from_millis(16);
-const BUSY_RATE: f64 = 500.0;
-/// How often the leader measures its rate of transactions.
-const RATE_WINDOW: Duration = Duration::from_millis(100);
-
-/// The leader's recent rate of transactions, measured over `RATE_WINDOW`s.
-struct Rate {
-    since: std::time::Instant,
-    /// The last seq at `since`; `None` until the first observation (a leader
-    /// starts at the head, not at 0).
-    seq_then: Option<i64>,
-    busy: bool,
-}
-
-impl Rate {
-    fn new(now: std::time::Instant) -> Rate {
-        Rate {
-            since: now,
-            seq_then: None,
-            busy: false,
-        }
-    }
-
-    /// Notes the last seq given; once a window has passed, whether the feed is busy.
-    fn observe(&mut self, seq: i64, now: std::time::Instant) {
-        let Some(seq_then) = self.seq_then else {
-            (self.since, self.seq_then) = (now, Some(seq));
-            return;
-        };
-        let elapsed = now.saturating_duration_since(self.since);
-        if elapsed >= RATE_WINDOW {
-            self.busy = (seq - seq_then) as f64 >= BUSY_RATE * elapsed.as_secs_f64();
-            (self.since, self.seq_then) = (now, Some(seq));
-        }
-    }
-
-    /// Empty ticks in a row, `interval` apart, after which the leader waits for writers.
-    fn patience_in_ticks(&self, interval: Duration) -> u32 {
-        if !self.busy {
-            return EMPTY_TICKS_WHEN_QUIET;
-        }
-        if interval.is_zero() {
-            // Back to back, a tick lasts as long as its round trip: no span to count by.
-            return EMPTY_TICKS_WHEN_BUSY;
-        }
-        let spanned = BUSY_PATIENCE.as_nanos() / interval.as_nanos();
-        spanned.clamp(u128::from(EMPTY_TICKS_WHEN_BUSY), 64) as u32
-    }
-}
-
-/// 0x70676665, 'pgfe': the first key of pgfeed's advisory locks.
-const LOCK_SPACE: i32 = 1_885_824_613;
-/// Held (session) by the leader while it waits for work; writers try to share it.
-const WAITING_LOCK: i32 = 1;
-/// Held (session) by the one listener that ticks.
-const LEADER_LOCK: i32 = 2;
-/// Shared (session) by every listener that follows, from before its first read
-/// of the log: a tick that cannot take it alone announces its head
-/// (migrations/capture/0004).
-const FOLLOWER_LOCK: i32 = 3;
-/// Lets go of the waiting lock, as text: it goes ahead of the tick that a
-/// wake-up starts, in the same round trip.
-static RELEASE_WAITING: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT pg_advisory_unlock({LOCK_SPACE}, {WAITING_LOCK})"));
-
-/// `SELECT <function>(LOCK_SPACE, key)`, one of Postgres's advisory-lock
-/// functions, on the listener's connection, bounded like every round trip.
-async fn advisory(listener: &mut PgListener, call: &'static str, key: i32) -> sqlx::Result<sqlx::postgres::PgRow> {
-    let trip = sqlx::query(call).bind(LOCK_SPACE).bind(key).fetch_one(&mut *listener);
-    within(ROUND_TRIP_TIMEOUT, trip).await
-}
-
-/// Tries for pgfeed's advisory lock `key` for this connection's session.
-async fn try_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<bool> {
-    let row = advisory(listener, "SELECT pg_try_advisory_lock($1, $2)", key).await?;
-    sqlx::Row::try_get(&row, 0)
-}
-
-/// Shares pgfeed's advisory lock `key` for this connection's session, waiting
-/// for it (a tick holds it exclusively for a moment).
-async fn share_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
-    advisory(listener, "SELECT pg_advisory_lock_shared($1, $2)", key)
-        .await
-        .map(drop)
-}
-
-/// Lets go of pgfeed's advisory lock `key`, held shared.
-async fn unshare_lock(listener: &mut PgListener, key: i32) -> sqlx::Result<()> {
-    advisory(listener, "SELECT pg_advisory_unlock_shared($1, $2)", key)
-        .await
-        .map(drop)
-}
-
-/// How long a tick or a page of the log may take before its connection counts
-/// as dead (its peer gone without a word, or a proxy that swallows everything:
-/// only a missing answer shows it): short, so such a connection is replaced
-/// within seconds; doubled after each that ran out (a large backlog can take
-/// longer), up to the longest.
-const WORK_TIMEOUT: Duration = Duration::from_secs(4);
-const LONGEST_WORK_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// How long a tick or a page of the log may take: `WORK_TIMEOUT`, doubled
-/// after each that ran out, the shortest again after one that did not.
-struct WorkLimit {
-    next: Duration,
-}
-
-impl WorkLimit {
-    async fn bound<T>(&mut self, work: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
-        let limit = self.next;
-        match tokio::time::timeout(limit, work).await {
-            Ok(done) => {
-                self.next = WORK_TIMEOUT;
-                done
-            }
-            Err(_) => {
-                self.next = (limit * 2).min(LONGEST_WORK_TIMEOUT);
-                Err(silence(limit))
-            }
-        }
-    }
-}
-
 /// Which backend serves `db`, as `pid/start`: a pid alone may be reused.
 async fn backend_identity<'e>(db: impl sqlx::PgExecutor<'e>) -> sqlx::Result<String> {
     sqlx::query_scalar("SELECT format('%s/%s', pid, backend_start) FROM pg_stat_activity WHERE pid = pg_backend_pid()")
         .fetch_one(db)
         .await
-}
-
-/// A round trip that gives up after `limit`, as an error: its connection is
-/// then taken for dead.
-async fn within<T>(limit: Duration, trip: impl std::future::Future<Output = sqlx::Result<T>>) -> sqlx::Result<T> {
-    tokio::time::timeout(limit, trip)
-        .await
-        .unwrap_or_else(|_| Err(silence(limit)))
-}
-
-/// The error of a round trip that got no answer within `limit`.
-fn silence(limit: Duration) -> sqlx::Error {
-    let what = format!("no answer within {limit:?}");
-    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 /// Where the listener's stream stands.
@@ -231,22 +61,10 @@ pub struct Listener {
     last_seq: i64,
     /// (seq, events published) of a transaction published only in part.
     partial: Option<(i64, i32)>,
-    /// This listener ticks (it holds the leader lock on its connection).
-    leader: bool,
-    /// The leader holds the waiting lock: writers wake it.
-    waiting: bool,
-    /// A writer woke the leader: the next tick lets go of the waiting lock first.
-    woken: bool,
-    /// How long the next wait for writers may take.
-    patience: Duration,
-    /// Ticks in a row that found nothing, since the last busy one.
-    empty_ticks: u32,
-    /// Whether the feed is busy, which makes the leader slower to wait.
-    rate: Rate,
+    /// Whether this listener ticks, and when.
+    sequencer: Sequencer,
     /// How long the next tick or log page may take.
     work: WorkLimit,
-    /// Shortest time from one busy tick's start to the next (`--tick-interval`).
-    tick_interval: Duration,
     /// The backends (`pid/start`) of the previous LISTEN connection and its
     /// log reader: if they are still there (their network went away, Postgres
     /// has not noticed), the first holds the leader lock, and the new
@@ -275,14 +93,8 @@ impl Listener {
             ready,
             last_seq: 0,
             partial: None,
-            leader: false,
-            waiting: false,
-            woken: false,
-            patience: SHORTEST_PATIENCE,
-            empty_ticks: EMPTY_TICKS_WHEN_BUSY,
-            rate: Rate::new(std::time::Instant::now()),
-            work: WorkLimit { next: WORK_TIMEOUT },
-            tick_interval,
+            sequencer: Sequencer::new(tick_interval),
+            work: WorkLimit::default(),
             previous_backends: Vec::new(),
             pearl: feed.pearl.clone(),
             names: Interned::default(),
@@ -291,7 +103,8 @@ impl Listener {
 
     /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = Duration::from_millis(100);
+        // With jitter: after a Postgres restart, every instance comes back at once.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -324,21 +137,21 @@ impl Listener {
                 attempt = attempt => match attempt {
                     Ok(listener) => listener,
                     Err(err) => {
-                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "listener cannot connect");
+                        let wait = backoff.next_wait();
+                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?wait, "listener cannot connect");
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 },
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             self.ready.store(true, Ordering::SeqCst);
             tracing::info!(
                 seq = self.last_seq,
-                leader = self.leader,
+                leader = self.sequencer.leads(),
                 "listener following notifications"
             );
             let stop = self.follow(&mut listener, &shutdown).await;
@@ -361,21 +174,10 @@ impl Listener {
         // After a tick of its own: the head covers everything its snapshot sees.
         let mut tx = log::ticked_snapshot(&self.pool).await?;
         let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
-        // Through pgfeed.snapshot, as the server reads every tracked table: its
-        // role needs no SELECT on the application's tables. Untracked: empty.
-        let mut rows = Vec::new();
-        for table in ["users", "reporting_effort_items", "tracker_comments"] {
-            let text: Option<String> = sqlx::query_scalar("SELECT rows::text FROM pgfeed.snapshot($1)")
-                .bind(table)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let parsed: Vec<serde_json::Value> =
-                text.map(|t| serde_json::from_str(&t)).transpose()?.unwrap_or_default();
-            rows.push(parsed);
-        }
+        let state = pearl::State::read(&mut tx, head).await?;
         tx.commit().await?;
         self.last_seq = head;
-        *self.pearl.lock().expect("pearl state lock") = pearl::State::load(head, &rows[0], &rows[1], &rows[2]);
+        *self.pearl.lock().expect("pearl state lock") = state;
         self.hub.set_head(head);
         self.metrics.head_seq.set(head);
         Ok(())
@@ -396,27 +198,12 @@ impl Listener {
         }
         let identity = within(ROUND_TRIP_TIMEOUT, backend_identity(&mut *listener)).await?;
         self.previous_backends = vec![identity];
-        self.leader = try_lock(listener, LEADER_LOCK).await?;
-        // A backend just ended lets go of its locks only as it exits.
-        for _ in 0..20 {
-            if self.leader || !ended_one {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            self.leader = try_lock(listener, LEADER_LOCK).await?;
-        }
-        if !self.leader {
-            // Before the first read of the log: every tick after that read announces.
-            share_lock(listener, FOLLOWER_LOCK).await?;
-        }
-        self.waiting = false;
-        self.woken = false;
-        Ok(())
+        self.sequencer.claim(listener, ended_one).await
     }
 
     async fn follow(&mut self, listener: &mut PgListener, shutdown: &CancellationToken) -> Stop {
         loop {
-            let result = if self.leader && !self.waiting {
+            let result = if self.sequencer.ticking() {
                 // Ticking: only the notifications the last round trips brought
                 // along, then the next tick. A timeout, even of zero, would
                 // sleep to the timer's next millisecond, and deliveries waited
@@ -429,7 +216,7 @@ impl Listener {
             } else {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return Stop::Shutdown,
-                    next = tokio::time::timeout(self.quiet_after(), listener.try_recv()) => next,
+                    next = tokio::time::timeout(self.sequencer.quiet_after(), listener.try_recv()) => next,
                 };
                 match next {
                     Ok(Ok(Some(notification))) => self.on_notification(notification.payload()).await,
@@ -441,21 +228,11 @@ impl Listener {
             if let Err(err) = result {
                 return Stop::Lost(format!("reading the log: {err}"));
             }
-            if self.leader && !self.waiting {
+            if self.sequencer.ticking() {
                 if let Err(err) = self.tick_round(listener).await {
                     return Stop::Lost(format!("ticking: {err}"));
                 }
             }
-        }
-    }
-
-    /// How long a listener that is not ticking waits for a notification
-    /// before acting without one.
-    fn quiet_after(&self) -> Duration {
-        if self.leader {
-            QUIET_CHECK
-        } else {
-            FOLLOWER_CHECK
         }
     }
 
@@ -470,12 +247,11 @@ impl Listener {
     async fn on_notification(&mut self, payload: &str) -> sqlx::Result<()> {
         self.metrics.notifications_received.inc();
         match Notice::parse(payload) {
-            Notice::Wake if self.leader && self.waiting => {
-                // A writer committed while the leader waited: tick until it finds nothing.
-                self.stop_waiting();
+            // A writer committed while the leader waited: it ticks until a tick finds nothing.
+            Notice::Wake => {
+                self.sequencer.woken_by_writer();
                 Ok(())
             }
-            Notice::Wake => Ok(()),
             Notice::Sequenced(seq) if seq > self.last_seq => self.catch_up().await,
             Notice::Sequenced(_) => Ok(()),
             Notice::Malformed => {
@@ -487,57 +263,24 @@ impl Listener {
     }
 
     /// One tick, and delivery of what it gave seqs to; true when it found work.
-    /// Once a few ticks in a row have found nothing (see `Rate`), the leader
-    /// waits for writers, once the ones sharing the waiting lock (each
-    /// counting on ticks) have committed.
+    /// The sequencer then says whether to tick again (after its pause) or to
+    /// wait for writers.
     async fn tick_round(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
         let started = std::time::Instant::now();
         let found = self.tick_and_publish(listener).await?;
-        self.rate.observe(self.last_seq, std::time::Instant::now());
-        if found {
-            self.patience = SHORTEST_PATIENCE;
-            self.empty_ticks = 0;
-            self.pace(started).await;
-            return Ok(true);
+        if self.sequencer.keep_ticking(found, self.last_seq) {
+            self.sequencer.pace(started).await;
+            return Ok(found);
         }
-        if self.empty_ticks < self.rate.patience_in_ticks(self.tick_interval) {
-            self.empty_ticks += 1;
-            self.pace(started).await;
+        if !self.sequencer.await_writers(listener).await? {
             return Ok(false);
         }
-        let wait = sqlx::query_scalar("SELECT pgfeed.await_writers(make_interval(secs => $1))")
-            .bind(self.patience.as_secs_f64())
-            .fetch_one(&mut *listener);
-        let waiting: bool = within(ROUND_TRIP_TIMEOUT + self.patience, wait).await?;
-        if !waiting {
-            self.patience = (self.patience * 2).min(LONGEST_PATIENCE);
-            return Ok(false);
-        }
-        self.patience = SHORTEST_PATIENCE;
         // Writers that committed before the lock was granted sent nothing: one last look.
-        self.waiting = true;
         if self.tick_and_publish(listener).await? {
-            self.stop_waiting();
-            self.empty_ticks = 0;
+            self.sequencer.found_work_while_settling();
             return Ok(true);
         }
         Ok(false)
-    }
-
-    /// After a busy tick, waits out the rest of `tick_interval` from its
-    /// start. Under load a leader ticking back to back sequences one to three
-    /// transactions a tick, and its backend's executor start-up and PL/pgSQL
-    /// took a fifth of a 2-core machine from the writers; a tick that waits
-    /// finds more to sequence at once. An idle feed is not slowed: the tick
-    /// after a wake-up, and the first after a quiet spell, start at once.
-    /// The wait is a thread's sleep, not a tokio timer: a timer wakes on the
-    /// next millisecond of its wheel, which would make 1 ms anything up to 2.
-    async fn pace(&self, started: std::time::Instant) {
-        let rest = self.tick_interval.saturating_sub(started.elapsed());
-        if !rest.is_zero() {
-            // Only a panicking sleep fails, and then there is nothing to wait for.
-            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
-        }
     }
 
     /// A tick that reads what it sequenced in the same round trip, then
@@ -547,12 +290,12 @@ impl Listener {
         let before = self.last_seq;
         if self.partial.is_some() {
             // A transaction published in part: the catch-up knows how to continue it.
-            let first = self.before_tick();
+            let first = self.sequencer.before_tick();
             self.work.bound(log::tick(&mut *listener, first)).await?;
             self.catch_up().await?;
             return Ok(self.last_seq > before);
         }
-        let first = self.before_tick();
+        let first = self.sequencer.before_tick();
         let (head, changes, _) = self
             .work
             .bound(log::tick_and_read(
@@ -570,32 +313,15 @@ impl Listener {
         Ok(self.last_seq > before)
     }
 
-    /// The leader ticks again; the next tick lets go of the waiting lock
-    /// in its own round trip.
-    fn stop_waiting(&mut self) {
-        self.waiting = false;
-        self.woken = true;
-    }
-
-    /// What the next tick runs first: letting go of the waiting lock, once
-    /// after a wake-up. (A tick that fails ends its connection, lock and all.)
-    fn before_tick(&mut self) -> log::Before {
-        std::mem::take(&mut self.woken).then(|| RELEASE_WAITING.as_str())
-    }
-
     /// A quiet connection: the leader ticks (a liveness check too); a follower
     /// tries for the lead, which a departed leader leaves free; both then make
     /// sure they have missed nothing.
     async fn quiet_check(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
-        if self.leader {
-            let before = self.before_tick();
+        if self.sequencer.leads() {
+            let before = self.sequencer.before_tick();
             self.work.bound(log::tick(&mut *listener, before)).await?;
-        } else {
-            self.leader = try_lock(listener, LEADER_LOCK).await?;
-            if self.leader {
-                unshare_lock(listener, FOLLOWER_LOCK).await?;
-                tracing::info!(seq = self.last_seq, "this listener now ticks");
-            }
+        } else if self.sequencer.take_over_if_free(listener).await? {
+            tracing::info!(seq = self.last_seq, "this listener now ticks");
         }
         let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
         if self.work.bound(log::head(reader)).await? > self.last_seq {
@@ -672,64 +398,5 @@ impl Listener {
         for written in written {
             self.metrics.write_to_publish.observe((now - written).max(0.0));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn the_rate_decides_how_many_empty_ticks_come_before_waiting() {
-        let start = Instant::now();
-        let mut rate = Rate::new(start);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
-        // The first observation is where counting starts: a leader that
-        // starts at head 1,000,000 has not given a million seqs.
-        rate.observe(0, start);
-        // Inside a window nothing is decided, however many were given.
-        rate.observe(1_000, start + RATE_WINDOW / 2);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
-        // 1,000 in 100 ms: busy.
-        rate.observe(1_000, start + RATE_WINDOW);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_BUSY);
-        // 10 in the next 100 ms (100 a second): quiet again.
-        rate.observe(1_010, start + RATE_WINDOW * 2);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
-        // A leader that waited a long time comes back quiet, whatever it gives first.
-        rate.observe(1_060, start + Duration::from_secs(60));
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
-    }
-
-    const TWO_MS: Duration = Duration::from_millis(2);
-
-    #[test]
-    fn a_busy_leader_ticks_through_the_same_span_whatever_the_interval() {
-        let start = Instant::now();
-        let mut rate = Rate::new(start);
-        rate.observe(0, start);
-        rate.observe(1_000, start + RATE_WINDOW);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), 8);
-        assert_eq!(rate.patience_in_ticks(Duration::from_millis(1)), 16);
-        assert_eq!(rate.patience_in_ticks(Duration::from_micros(100)), 64);
-        // Never fewer than EMPTY_TICKS_WHEN_BUSY, and 8 when ticks come back to back.
-        assert_eq!(rate.patience_in_ticks(Duration::from_millis(10)), EMPTY_TICKS_WHEN_BUSY);
-        assert_eq!(rate.patience_in_ticks(Duration::ZERO), EMPTY_TICKS_WHEN_BUSY);
-        // Quiet, the interval does not matter.
-        rate.observe(1_001, start + RATE_WINDOW * 2);
-        assert_eq!(rate.patience_in_ticks(Duration::from_millis(1)), EMPTY_TICKS_WHEN_QUIET);
-    }
-
-    #[test]
-    fn a_leader_starting_at_a_high_head_is_not_busy() {
-        let start = Instant::now();
-        let mut rate = Rate::new(start);
-        // Its first tick, a window after it was made, finds the head at a million.
-        rate.observe(1_000_000, start + RATE_WINDOW);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
-        // Ten more in the next window: quiet.
-        rate.observe(1_000_010, start + RATE_WINDOW * 2);
-        assert_eq!(rate.patience_in_ticks(TWO_MS), EMPTY_TICKS_WHEN_QUIET);
     }
 }

@@ -5,6 +5,7 @@
 //! [`Feed`] is the one seam the layers above use: the hub to follow, the log
 //! to read, and PEARL's running state, which stays inside the feed.
 
+mod bounded;
 pub mod change;
 pub mod event;
 pub mod hub;

@@ -63,9 +63,9 @@ pub async fn table_snapshot(
     let table = table.trim_end_matches('/');
     let (watermark, rows) = verbs::snapshot(&state, &scope, table).await?;
     let body = ServerMessage::Snapshot {
-        table,
+        table: table.into(),
         seq: watermark,
-        rows: &rows,
+        rows: std::borrow::Cow::Borrowed(&rows),
     }
     .encode(Envelope::Type);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -98,11 +98,11 @@ pub async fn events(
                 start = after;
             }
             ResumeFrom::Pruned { oldest } => {
-                refresh = Some(message(&ServerMessage::RefreshNeeded {
-                    reason: "retention",
-                    seq: after,
-                    oldest_seq: Some(oldest),
-                }))
+                refresh = Some(message(&ServerMessage::refresh_needed(
+                    "retention",
+                    after,
+                    Some(oldest),
+                )))
             }
         }
     }
@@ -132,10 +132,7 @@ pub async fn events(
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = until(expires) => {
-                        let expired = ServerMessage::Error {
-                            code: "token_expired",
-                            message: "the token has expired; reconnect with a fresh one",
-                        };
+                        let expired = ServerMessage::error("token_expired", "the token has expired; reconnect with a fresh one");
                         return Some((message(&expired), (sub, permit, true)));
                     }
                     next = sub.next() => next,
@@ -147,11 +144,9 @@ pub async fn events(
                     }
                     Next::Whole(seq) => SseEvent::default().id(seq.to_string()),
                     Next::Idle => continue,
-                    Next::LogUnavailable => message(&ServerMessage::RefreshNeeded {
-                        reason: "log_unavailable",
-                        seq: sub.last_seq(),
-                        oldest_seq: None,
-                    }),
+                    Next::LogUnavailable => {
+                        message(&ServerMessage::refresh_needed("log_unavailable", sub.last_seq(), None))
+                    }
                 };
                 return Some((event, (sub, permit, false)));
             }

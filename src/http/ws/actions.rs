@@ -2,6 +2,8 @@
 //! protocol and PEARL's, `auth` at any time, and the rate limit's replies.
 //! The decisions themselves are `http::verbs`', shared with SSE and REST.
 
+use std::borrow::Cow;
+
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream, StreamExt};
 
@@ -42,9 +44,9 @@ impl Session {
                 }
                 let reply = ServerMessage::Subscribed {
                     seq: self.sub.last_seq(),
-                    tables: filter.tables.as_ref(),
-                    types: filter.types.as_ref(),
-                    where_: filter.where_.as_ref(),
+                    tables: filter.tables.as_ref().map(Cow::Borrowed),
+                    types: filter.types.as_ref().map(Cow::Borrowed),
+                    where_: filter.where_.as_ref().map(Cow::Borrowed),
                 };
                 self.reply(socket, &reply).await?;
                 self.sub.filter = Some(filter);
@@ -55,8 +57,13 @@ impl Session {
                     (Some(types), Some(filter)) => filter.drop_types(types),
                     _ => self.sub.filter = None,
                 }
-                self.reply(socket, &ServerMessage::Unsubscribed { types: types.as_ref() })
-                    .await
+                self.reply(
+                    socket,
+                    &ServerMessage::Unsubscribed {
+                        types: types.as_ref().map(Cow::Borrowed),
+                    },
+                )
+                .await
             }
             (Protocol::General, Action::Snapshot { table }) => self.snapshot(socket, &table).await,
             (Protocol::General, Action::Resume { after }) => self.resume(socket, after).await,
@@ -161,14 +168,8 @@ impl Session {
                 "more than {} messages per second; messages are dropped until the rate falls",
                 self.state.limits.max_message_rate
             );
-            self.reply(
-                socket,
-                &ServerMessage::Error {
-                    code: "rate_limited",
-                    message: &message,
-                },
-            )
-            .await?;
+            self.reply(socket, &ServerMessage::error("rate_limited", &message))
+                .await?;
         }
         Ok(())
     }
@@ -186,11 +187,7 @@ impl Session {
                 Ok(())
             }
             Ok(ResumeFrom::Pruned { oldest }) => {
-                let message = ServerMessage::RefreshNeeded {
-                    reason: "retention",
-                    seq: after,
-                    oldest_seq: Some(oldest),
-                };
+                let message = ServerMessage::refresh_needed("retention", after, Some(oldest));
                 self.reply(socket, &message).await
             }
             Err(refusal) => self.refuse(socket, refusal).await,
@@ -206,9 +203,9 @@ impl Session {
         match verbs::snapshot(&self.state, &scope, table).await {
             Ok((watermark, rows)) => {
                 let message = ServerMessage::Snapshot {
-                    table,
+                    table: table.into(),
                     seq: watermark,
-                    rows: &rows,
+                    rows: Cow::Borrowed(&rows),
                 };
                 self.reply(socket, &message).await?;
                 self.sub.set_watermark(table, watermark);
@@ -239,7 +236,7 @@ impl Session {
         match studies {
             Ok((watermark, rows)) => {
                 let message = ServerMessage::StudiesUpdate {
-                    data: &rows,
+                    data: Cow::Borrowed(&rows),
                     seq: watermark,
                 };
                 self.reply(socket, &message).await?;
@@ -263,7 +260,7 @@ impl Session {
         S: Sink<Message> + Unpin,
     {
         self.state.metrics.client_errors.inc();
-        self.reply(socket, &ServerMessage::Error { code, message }).await
+        self.reply(socket, &ServerMessage::error(code, message)).await
     }
 
     /// The log could not be read: the client must re-snapshot from where it is.
@@ -271,11 +268,7 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        let message = ServerMessage::RefreshNeeded {
-            reason: "log_unavailable",
-            seq: self.sub.last_seq(),
-            oldest_seq: None,
-        };
+        let message = ServerMessage::refresh_needed("log_unavailable", self.sub.last_seq(), None);
         self.reply(socket, &message).await
     }
 }

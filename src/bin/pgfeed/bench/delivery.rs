@@ -17,8 +17,8 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
     let ws = format!("ws://{}/ws", server.addr);
     let start: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(pool).await?;
     let (mut follower, _) = tokio_tungstenite::connect_async(&ws).await?;
-    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
-    follower.send(Message::Text(subscribe.into())).await?;
+    let subscribe = super::subscribe_to_bench_table();
+    follower.send(Message::Text(subscribe.as_str().into())).await?;
     // The client's count of events and the last seq it saw, as they come.
     let received = Arc::new(AtomicU64::new(0));
     let last_seen = Arc::new(AtomicI64::new(start));
@@ -77,7 +77,7 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
         let mut events = 0i64;
         let mut took = Duration::ZERO;
         for _ in 0..setup.rounds.max(1) * 2 {
-            let (replayed, elapsed) = replay_once(&ws, subscribe, start, committed).await?;
+            let (replayed, elapsed) = replay_once(&ws, &subscribe, start, committed).await?;
             events += replayed;
             took += elapsed;
         }
@@ -97,7 +97,7 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
 async fn replay_once(ws: &str, subscribe: &str, start: i64, committed: i64) -> Result<(i64, Duration)> {
     let (mut resumer, _) = tokio_tungstenite::connect_async(ws).await?;
     resumer.send(Message::Text(subscribe.into())).await?;
-    let resume = format!(r#"{{"action":"resume","after":{start}}}"#);
+    let resume = pgfeed::protocol::Action::Resume { after: start }.encode();
     let started = std::time::Instant::now();
     resumer.send(Message::Text(resume.into())).await?;
     let mut events = 0i64;

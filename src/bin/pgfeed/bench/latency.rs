@@ -59,9 +59,9 @@ pub async fn run(setup: &Setup, clients: usize, rate: u32) -> Result<Vec<Figure>
     let total = (u64::from(rate) * span.as_secs()) as usize;
 
     let server = Peer::pgfeed(&setup.url, clients).await?;
-    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
+    let subscribe = super::subscribe_to_bench_table();
     // `connected`, then `subscribed`.
-    let swarm = Swarm::start(server.addr, "/ws", Some(subscribe), 2, clients, total).await?;
+    let swarm = Swarm::start(server.addr, "/ws", Some(&subscribe), 2, clients, total).await?;
     let (ws, ws_cpu) = through_swarm(setup, &server, swarm, total, rate, "bench_tracked").await?;
     drop(server);
 

@@ -36,6 +36,16 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use pgfeed::db;
+use pgfeed::protocol::{Action, Subscription};
+
+/// The one subscription every bench client makes: the tracked bench table.
+fn subscribe_to_bench_table() -> String {
+    Action::Subscribe(Subscription {
+        tables: Some(["bench_tracked".to_string()].into_iter().collect()),
+        ..Subscription::default()
+    })
+    .encode()
+}
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -164,14 +164,17 @@ pub async fn ws_connect(i: usize, addr: SocketAddr, path: &str) -> Result<Client
 
 /// `n` clients of pgfeed's `/ws` at `addr`, each subscribed to the tracked bench table.
 pub async fn subscribed_clients(n: usize, addr: SocketAddr) -> Result<Vec<Client>> {
-    let subscribe = r#"{"action":"subscribe","tables":["bench_tracked"]}"#;
-    open_many(n, |i| async move {
-        let mut ws = ws_connect(i, addr, "/ws").await?;
-        ws.send(Message::Text(subscribe.into())).await?;
-        for _ in 0..2 {
-            ws.next().await.transpose()?; // `connected`, then `subscribed`
+    let subscribe = super::subscribe_to_bench_table();
+    open_many(n, |i| {
+        let subscribe = subscribe.clone();
+        async move {
+            let mut ws = ws_connect(i, addr, "/ws").await?;
+            ws.send(Message::Text(subscribe.into())).await?;
+            for _ in 0..2 {
+                ws.next().await.transpose()?; // `connected`, then `subscribed`
+            }
+            anyhow::Ok(ws)
         }
-        anyhow::Ok(ws)
     })
     .await
 }
