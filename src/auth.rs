@@ -1,4 +1,4 @@
-//! Who may see and do what (DESIGN §6).
+//! Who may see and do what (ARCHITECTURE.md §3; the README's security section).
 //!
 //! A JWT (HS256 shared secret, or an RS256/ES256 public key) names a scope,
 //! the `pgfeed` claim: `{"tables": [...], "where": {column: value | [values]},

@@ -1,41 +1,56 @@
 //! pgfeed turns every write to a Postgres database into a live, ordered,
-//! resumable event feed for WebSocket clients.
+//! resumable event feed for WebSocket and SSE clients. `ARCHITECTURE.md` has
+//! the whole plan; this is the tour, in the order an event travels, floor by
+//! floor from the bottom (a room uses only rooms below it; `tests/house.rs`
+//! checks).
 //!
-//! The path of one event, module by module:
+//! **Floors 0 and 1, the vocabulary of everything above.** [`config`]: the
+//! settings and the one set of defaults. [`names`]: sorted sets of table and
+//! type names. [`filter`]: what a client asked for, and the one rule by which
+//! a row matches a wanted value (filters and scopes alike). [`timestamps`]:
+//! UTC on the wire. [`backoff`]: how long to wait before trying again.
+//! [`metrics`]: the Prometheus figures, each with why it is there.
 //!
-//! 1. **SQL** (`migrations/capture`): a trigger on each tracked table writes the
-//!    row change (less its excluded columns) to `pgfeed.events`, and nothing
-//!    else; after commit, `pgfeed.tick()` gives the transaction its commit
-//!    position `seq` (`pgfeed.commits`). [`install`] is what a DBA runs to put
-//!    it there (`migrate`, `track`, `uninstall`); it touches no application
-//!    table but for the triggers `track` attaches.
-//! 2. [`db`]: infrastructure only: the pool, the embedded cluster
-//!    ([`db::embedded`]), pgfeed's migrations ([`db::migrate`], history in
-//!    `pgfeed.migrations`).
-//! 3. [`feed::log`]: the reads of the log everything that must not lose an
-//!    event uses, and snapshots through `pgfeed.snapshot`.
-//! 4. [`feed::listener`]: one `LISTEN` connection that ticks (on one elected
-//!    instance) and reads what each tick sequenced from the log as
-//!    [`feed::change::Change`]s in seq order; the others follow its ticks'
-//!    `{"seq":N}` announcements, which ticks send only while someone follows.
-//!    Under load its busy ticks start at most once per `--tick-interval`, and
-//!    a busy leader ticks through a few empty ticks before it waits for writers
-//!    to wake it.
-//! 5. [`feed::event`]: each change becomes its wire event(s), timestamps in UTC
-//!    ([`feed::timestamps`]), typed against PEARL's rows ([`feed::pearl`], which
-//!    also holds the `track --preset pearl` list) and encoded once.
-//! 6. [`feed::hub`]: one ring of shared events, kept in batches that lie side
-//!    by side; filters per client. [`feed::subscriber`] is one client's exact
-//!    stream over it, from the log whenever the client is behind.
-//! 7. [`http`]: the routes; [`http::access`] says who is asking (one extractor
-//!    for every route, with [`auth`]'s tokens and scopes), [`http::session`]
-//!    serves one WebSocket, falling back to the log whenever it is behind,
-//!    [`http::write`] PEARL's REST writes, [`http::tls`] optional HTTPS.
-//!    [`protocol`] is every message on the wire, both dialects.
+//! **Floor 2.** [`db`]: infrastructure only: the pool, the embedded cluster
+//! ([`db::embedded`]), pgfeed's migrations ([`db::migrate`], history in
+//! `pgfeed.migrations`). [`auth`]: tokens and the scope they grant.
+//! [`protocol`]: every message on the wire, in both directions: what clients
+//! send ([`protocol::Action`]), the server's own messages
+//! ([`protocol::ServerMessage`]) and events ([`protocol::EventFrame`]).
 //!
-//! [`server`] wires these together; [`config`] is the command line (and the
-//! one set of defaults); [`bench`] measures the figures of DESIGN §7, each
-//! beside its reference.
+//! **Floor 3, the feed** (SQL first: a trigger on each tracked table writes the
+//! row change to `pgfeed.events`; after commit `pgfeed.tick()` gives its
+//! transaction a `seq`, `migrations/capture`).
+//! 1. [`feed::sequencer`]: which instance ticks (advisory locks) and when
+//!    (busy ticks at most once per `--tick-interval`, a few empty ticks before
+//!    waiting for writers); [`feed::listener`] holds the `LISTEN` connection,
+//!    runs the ticks, reads what they sequenced from the log ([`feed::log`])
+//!    as [`feed::change::Change`]s, and catches up from the log after anything
+//!    unexpected.
+//! 2. [`feed::event`]: each change becomes its wire event(s), typed against
+//!    PEARL's rows ([`feed::pearl`], which also holds the `track --preset pearl`
+//!    list) and encoded once.
+//! 3. [`feed::hub`]: one ring of shared events in batches; [`feed::subscriber`]
+//!    is one client's exact stream over it, from the log whenever the client
+//!    is behind. [`feed::Feed`] is the one handle the floors above hold.
+//!
+//! **Floor 4.** [`install`]: what a DBA runs (`migrate`, `track`, `untrack`,
+//! `uninstall`, in [`install::commands`]).
+//!
+//! **Floor 5.** [`client`]: `pgfeed tail`. [`simulate`]: PEARL activity at a
+//! steady rate. [`http`]: [`http::access`] says who is asking (one extractor
+//! for every route); [`http::verbs`] decides subscribe, resume, snapshot and
+//! scope once for every transport; [`http::ws`] serves a WebSocket (handlers,
+//! the session's transport, its actions, its rate); [`http::sse`] the same
+//! stream as Server-Sent Events; [`http::rest`] health, metrics and snapshots;
+//! [`http::write`] PEARL's REST writes; [`http::web`] the dashboard and the
+//! JavaScript client; [`http::tls`] optional HTTPS.
+//!
+//! **Floor 6.** [`server`] wires it together and is `pgfeed serve`.
+//!
+//! The binary (`src/bin/pgfeed`) is the command line, and the benchmark
+//! (`pgfeed bench`), which measures the figures of ARCHITECTURE.md beside
+//! their references and is not part of this library.
 
 pub mod auth;
 pub mod backoff;

@@ -1,4 +1,4 @@
-//! The wire protocol in one place (DESIGN §4): what clients may send (with the
+//! The wire protocol in one place (the README's protocol section, `web/asyncapi.json`): what clients may send (with the
 //! seeds' dialects), every message the server sends besides events, the close
 //! codes, and the two envelopes. WebSocket sessions, SSE and `tail` all read
 //! these definitions; events themselves are encoded once in `feed::event`.
@@ -250,10 +250,12 @@ pub enum ServerMessage<'a> {
     Snapshot {
         table: Cow<'a, str>,
         seq: i64,
+        #[serde(deserialize_with = "raw_json")]
         rows: Cow<'a, RawValue>,
     },
     /// PEARL: every study, as of `seq`.
     StudiesUpdate {
+        #[serde(deserialize_with = "raw_json")]
         data: Cow<'a, RawValue>,
         seq: i64,
     },
@@ -261,6 +263,15 @@ pub enum ServerMessage<'a> {
         code: Cow<'a, str>,
         message: Cow<'a, str>,
     },
+}
+
+/// Rows kept as JSON text. Read through a `Value`: a tagged enum hands its
+/// fields over buffered, and `RawValue` reads only from the text itself.
+fn raw_json<'de, 'a, D: serde::Deserializer<'de>>(from: D) -> Result<Cow<'a, RawValue>, D::Error> {
+    let value = Value::deserialize(from)?;
+    serde_json::value::to_raw_value(&value)
+        .map(Cow::Owned)
+        .map_err(serde::de::Error::custom)
 }
 
 impl<'a> ServerMessage<'a> {

@@ -1,4 +1,4 @@
-//! Every timestamp on the wire is UTC `YYYY-MM-DDTHH:MM:SS.sssZ` (DESIGN §3).
+//! Every timestamp on the wire is UTC `YYYY-MM-DDTHH:MM:SS.sssZ` (`protocol::EventFrame`).
 //!
 //! Postgres' `to_json` writes a `timestamp` as `2026-11-23T13:40:21.18585` and a
 //! `timestamptz` in the writer's `TimeZone` (`2026-11-23T22:40:21.18585+09:00`).

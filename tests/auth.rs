@@ -1,5 +1,5 @@
 //! Only the right people see the right rows: tokens, scopes on every path,
-//! origins, limits (DESIGN §6).
+//! origins, limits (ARCHITECTURE.md §3).
 
 mod common;
 

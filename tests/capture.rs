@@ -1,4 +1,4 @@
-//! The database contract (DESIGN §2): every write to a tracked table becomes a
+//! The database contract (ARCHITECTURE.md §2): every write to a tracked table becomes a
 //! log row, and every committed transaction a seq in commit order (given by a
 //! tick, as a server's listener runs them), whoever writes it.
 

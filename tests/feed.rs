@@ -1,4 +1,4 @@
-//! The live feed (DESIGN §3, §4, guarantees 1–3): real server, real WebSocket
+//! The live feed (ARCHITECTURE.md §3, guarantees 1–3): real server, real WebSocket
 //! clients, writes made with plain SQL from separate connections.
 
 mod common;

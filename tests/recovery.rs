@@ -1,4 +1,4 @@
-//! Nothing lost, ever (DESIGN §5, guarantees 4–7). Every test keeps writers
+//! Nothing lost, ever (ARCHITECTURE.md §3, guarantees 4–7). Every test keeps writers
 //! running during the fault and then checks the client's stream against the log.
 
 mod common;

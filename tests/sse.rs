@@ -214,3 +214,43 @@ async fn filters_and_bad_requests() {
     assert_eq!(ahead.err(), Some(400));
     server.stop().await.unwrap();
 }
+
+/// One rule for `where` on every path (src/filter.rs): a number and the
+/// string of its text match, other spellings do not. A WebSocket
+/// subscription, an SSE query and a snapshot under a token's scope (its
+/// unit test in src/auth.rs) all follow it.
+#[tokio::test]
+async fn a_number_and_its_text_match_alike_on_the_websocket_and_sse() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    // where {"id": ["2", "07", 3]}: ids 2 and 3 match, "07" matches nothing.
+    let mut sse = EventSource::open(
+        &server,
+        "/events?tables=studies&where=%7B%22id%22%3A%5B%222%22%2C%2207%22%2C3%5D%7D",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sse.next().await.0, "connected");
+    let mut ws = common::Client::subscribed(
+        &server,
+        serde_json::json!({"tables": ["studies"], "where": {"id": ["2", "07", 3]}}),
+    )
+    .await;
+    db.exec("INSERT INTO studies (id, study_label) VALUES (1, 'one'), (2, 'two'), (7, 'seven'), (3, 'three')")
+        .await;
+    let over_sse: Vec<Value> = sse
+        .events(2)
+        .await
+        .into_iter()
+        .map(|e| e["data"]["id"].clone())
+        .collect();
+    let over_ws: Vec<Value> = ws
+        .events(2)
+        .await
+        .into_iter()
+        .map(|e| e["data"]["id"].clone())
+        .collect();
+    assert_eq!(over_sse, [serde_json::json!(2), serde_json::json!(3)]);
+    assert_eq!(over_ws, over_sse);
+}

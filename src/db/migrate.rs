@@ -67,19 +67,16 @@ pub static DEMO: MigrationSet = MigrationSet {
     }],
 };
 
-/// The tables the demo creates, so it can refuse to run over existing ones.
-const DEMO_TABLES: [&str; 10] = [
-    "users",
-    "studies",
-    "database_releases",
-    "reporting_efforts",
-    "reporting_effort_items",
-    "reporting_effort_item_tracker",
-    "tracker_comments",
-    "packages",
-    "package_items",
-    "text_elements",
-];
+/// The tables the demo creates, so it can refuse to run over existing ones:
+/// read from its own SQL, so the list is never written twice.
+fn demo_tables() -> Vec<&'static str> {
+    DEMO.migrations
+        .iter()
+        .flat_map(|m| m.sql.lines())
+        .filter_map(|line| line.strip_prefix("CREATE TABLE public."))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect()
+}
 
 /// Creates what the history needs. Inside schema `pgfeed` only.
 const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS pgfeed;
@@ -245,7 +242,7 @@ impl MigrationSet {
 async fn refuse_existing_tables(conn: &mut PgConnection) -> Result<()> {
     let existing: Vec<String> =
         sqlx::query_scalar("SELECT t FROM unnest($1::text[]) t WHERE to_regclass(format('public.%I', t)) IS NOT NULL")
-            .bind(&DEMO_TABLES[..])
+            .bind(demo_tables())
             .fetch_all(&mut *conn)
             .await?;
     if !existing.is_empty() {
@@ -256,4 +253,14 @@ async fn refuse_existing_tables(conn: &mut PgConnection) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_names_the_tables_it_creates() {
+        let tables = super::demo_tables();
+        assert_eq!(tables.len(), 10);
+        assert!(tables.contains(&"users") && tables.contains(&"reporting_effort_item_tracker"));
+    }
 }

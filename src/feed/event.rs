@@ -1,4 +1,4 @@
-//! Changes become events: the wire form of DESIGN §3, encoded once and shared
+//! Changes become events: the wire form of `protocol::EventFrame`, encoded once and shared
 //! by every subscriber, plus PEARL's messages (`feed::pearl` says which).
 
 use std::borrow::Cow;

@@ -21,8 +21,6 @@ use sqlx::PgPool;
 
 use crate::metrics::Metrics;
 use hub::Hub;
-use pearl::Audience;
-use subscriber::Subscriber;
 
 /// The feed of one server. Cheap to clone.
 #[derive(Clone)]
@@ -47,10 +45,5 @@ impl Feed {
             pearl: Arc::default(),
             metrics,
         }
-    }
-
-    /// A stream for one client of `audience`, at the live end.
-    pub fn subscriber(&self, audience: Audience) -> Subscriber {
-        Subscriber::new(self.clone(), audience)
     }
 }

@@ -170,6 +170,13 @@ pub struct Subscriber {
 /// The lag is measured about once per this many events from the hub.
 const LAG_SAMPLE: u64 = 64;
 
+impl Feed {
+    /// A stream for one client of `audience`, at the live end.
+    pub fn subscriber(&self, audience: Audience) -> Subscriber {
+        Subscriber::new(self.clone(), audience)
+    }
+}
+
 impl Subscriber {
     /// A subscriber at the live end: it receives everything after the hub's head.
     pub fn new(sources: Feed, audience: Audience) -> Subscriber {

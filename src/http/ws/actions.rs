@@ -7,8 +7,7 @@ use std::borrow::Cow;
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream, StreamExt};
 
-use super::session::{End, Session};
-use super::Protocol;
+use super::session::{End, Protocol, Session};
 use crate::feed::log;
 use crate::filter::Filter;
 use crate::http::verbs::{self, Refusal, ResumeFrom};

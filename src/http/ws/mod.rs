@@ -18,16 +18,7 @@ use serde::Deserialize;
 use super::access::{self, Access};
 use super::AppState;
 use crate::protocol::Envelope;
-use session::Session;
-
-/// Which protocol a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `/ws`: `connected`, explicit `subscribe`, snapshots with watermarks, resume.
-    General,
-    /// `/api/v1/ws/studies`: `studies_update` on connect, every PEARL event pushed.
-    Pearl,
-}
+use session::{Opening, Protocol, Session};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectQuery {
@@ -37,17 +28,6 @@ pub struct ConnectQuery {
     envelope: Option<String>,
     /// Shadower's workspace: narrows the token's scope to `workspace_id` in these values.
     workspace_id: Option<String>,
-}
-
-/// How a connection was opened.
-#[derive(Debug, Clone)]
-pub struct Opening {
-    pub protocol: Protocol,
-    pub envelope: Envelope,
-    pub after: Option<i64>,
-    pub access: Access,
-    /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
-    pub workspace: Option<Vec<serde_json::Value>>,
 }
 
 pub async fn general(
@@ -61,7 +41,7 @@ pub async fn general(
         Some("event") => Envelope::Event,
         Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
     };
-    upgrade(ws, state, Opening::new(Protocol::General, envelope, access, &query))
+    upgrade(ws, state, query.opening(Protocol::General, envelope, access))
 }
 
 /// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
@@ -71,11 +51,7 @@ pub async fn updates(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    upgrade(
-        ws,
-        state,
-        Opening::new(Protocol::General, Envelope::Event, access, &query),
-    )
+    upgrade(ws, state, query.opening(Protocol::General, Envelope::Event, access))
 }
 
 pub async fn pearl(
@@ -84,13 +60,15 @@ pub async fn pearl(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    let mut opening = Opening::new(Protocol::Pearl, Envelope::Type, access, &query);
+    let mut opening = query.opening(Protocol::Pearl, Envelope::Type, access);
     opening.after = None;
     upgrade(ws, state, opening)
 }
 
-impl Opening {
-    fn new(protocol: Protocol, envelope: Envelope, access: Access, query: &ConnectQuery) -> Opening {
+impl ConnectQuery {
+    /// How a connection with this query was opened.
+    fn opening(&self, protocol: Protocol, envelope: Envelope, access: Access) -> Opening {
+        let query = self;
         Opening {
             protocol,
             envelope,

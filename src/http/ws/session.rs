@@ -11,7 +11,6 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::rate::Bucket;
-use super::{Opening, Protocol};
 use crate::feed::event::Event;
 use crate::feed::pearl::{self, Audience};
 use crate::feed::subscriber::{Next, Subscriber};
@@ -19,6 +18,26 @@ use crate::filter::Filter;
 use crate::http::access::{until, Access};
 use crate::http::AppState;
 use crate::protocol::{close, Envelope, ServerMessage};
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `/ws`: `connected`, explicit `subscribe`, snapshots with watermarks, resume.
+    General,
+    /// `/api/v1/ws/studies`: `studies_update` on connect, every PEARL event pushed.
+    Pearl,
+}
+
+/// How a connection was opened.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub protocol: Protocol,
+    pub envelope: Envelope,
+    pub after: Option<i64>,
+    pub access: Access,
+    /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
+    pub workspace: Option<Vec<serde_json::Value>>,
+}
 
 /// Items a session takes from its subscriber per wake-up, at most (it then
 /// looks at the client's messages and the shutdown token again).

@@ -12,8 +12,7 @@ use futures_util::{Sink, Stream};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::session::Session;
-use super::{Opening, Protocol};
+use super::session::{Opening, Protocol, Session};
 use crate::feed::Feed;
 use crate::http::access::Access;
 use crate::http::{AppState, Limits};

@@ -1,4 +1,4 @@
-//! `pgfeed bench`: measures, never asserts. Reports each figure of DESIGN §7
+//! `pgfeed bench`: measures, never asserts. Reports each figure of the README's performance table
 //! beside its reference, measured in the same run.
 //!
 //! - `write` ([`write`]): transactions per second of 8 writers on copies of one
