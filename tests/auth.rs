@@ -559,7 +559,14 @@ async fn fifty_simultaneous_connects_against_a_cap_of_ten_admit_exactly_ten() {
     assert_eq!(refused, 40);
     // A place frees up when a socket closes.
     drop(admitted);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The permits come back as the sessions see their sockets close.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.state.connections.available_permits() < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every permit back within 10 s");
     let mut again = Client::try_connect(&server, "/ws", &[]).await.unwrap();
     again.next_of("connected").await;
     server.stop().await.unwrap();
