@@ -103,13 +103,18 @@ fn state(limits: Limits) -> AppState {
 
 /// A general-protocol session with full access, served in a task of its own.
 fn open(state: AppState) -> Peer {
+    open_with(state, Access::Open)
+}
+
+/// A general-protocol session with `access`, served in a task of its own.
+fn open_with(state: AppState, access: Access) -> Peer {
     let (to_session, incoming) = mpsc::unbounded_channel();
     let (outgoing, from_session) = mpsc::unbounded_channel();
     let opening = Opening {
         protocol: Protocol::General,
         envelope: Envelope::Type,
         after: None,
-        access: Access::Open,
+        access,
         workspace: None,
     };
     let permit = state.connections.clone().try_acquire_owned().unwrap();
@@ -204,4 +209,46 @@ async fn a_peer_silent_for_two_heartbeats_is_dropped() {
         }
     }
     assert!((2..=3).contains(&pings), "{pings} pings before giving up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_closes_the_socket_at_exp_unless_a_fresh_one_arrives() {
+    const SECRET: &str = "a test secret of thirty-two bytes";
+    let sign = |exp: u64| {
+        let claims = json!({ "exp": exp });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let verifier = crate::auth::Verifier::from_config(Some(SECRET), None, None, None)
+        .unwrap()
+        .unwrap();
+    let grant = verifier.verify(&sign(now + 3)).unwrap();
+    let mut state = state(Limits::default());
+    state.auth = Some(Arc::new(verifier));
+    let mut expiring = open_with(state.clone(), Access::Granted(grant.clone()));
+    let mut renewed = open_with(state, Access::Granted(grant));
+    assert_eq!(expiring.next().await.unwrap()["type"], "connected");
+    assert_eq!(renewed.next().await.unwrap()["type"], "connected");
+
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    renewed.send(&json!({"action": "auth", "token": sign(now + 30)}).to_string());
+    assert_eq!(renewed.next().await.unwrap()["type"], "auth_ok");
+
+    // The clock runs on to the first token's exp by itself.
+    let started = tokio::time::Instant::now();
+    assert_eq!(expiring.next().await.unwrap()["code"], "token_expired");
+    assert_eq!(expiring.close_code().await, Some(close::UNAUTHORIZED));
+    assert!(started.elapsed() <= Duration::from_secs(2), "closed at exp, not later");
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    renewed.send(r#"{"action":"ping"}"#);
+    assert_eq!(
+        renewed.next().await.unwrap()["type"],
+        "pong",
+        "the renewed socket is open past the first exp"
+    );
 }
