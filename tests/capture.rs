@@ -574,3 +574,74 @@ fn the_embedded_cluster_starts_and_runs_unprivileged() {
     }
     drop(cluster);
 }
+
+/// Seq order respects dependencies that go only through an untracked table
+/// (capture/0006): each transaction logs a tracked row, then bumps a shared
+/// untracked counter, which row-locks it until commit, so the counter's order
+/// is the commit order. A transaction that waited for another's counter lock
+/// must get the larger seq.
+#[tokio::test]
+async fn a_transaction_that_waited_for_another_gets_the_larger_seq_through_any_table() {
+    const WRITERS: usize = 8;
+    const TXS: usize = 150;
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE counter (n bigint NOT NULL); INSERT INTO counter VALUES (0);")
+        .await;
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let pool = db.pool.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                common::tick(&pool).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let mut taken = Vec::with_capacity(TXS);
+                for i in 0..TXS {
+                    let mut tx = pool.begin().await.unwrap();
+                    let label = format!("w{w}-{i}");
+                    sqlx::query("INSERT INTO studies (study_label) VALUES ($1)")
+                        .bind(&label)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    let (n,): (i64,) = sqlx::query_as("UPDATE counter SET n = n + 1 RETURNING n")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    taken.push((label, n));
+                }
+                taken
+            })
+        })
+        .collect();
+    let mut counter_of = std::collections::HashMap::new();
+    for writer in writers {
+        counter_of.extend(writer.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    ticker.await.unwrap();
+    common::tick(&db.pool).await;
+    let sequenced: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT c.seq, e.new->>'study_label' FROM pgfeed.commits c JOIN pgfeed.events e USING (tx)
+          WHERE e.table_name = 'studies' ORDER BY c.seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sequenced.len(), WRITERS * TXS);
+    let counters: Vec<i64> = sequenced.iter().map(|(_, label)| counter_of[label]).collect();
+    let out_of_order = counters.windows(2).filter(|pair| pair[0] > pair[1]).count();
+    assert_eq!(
+        out_of_order, 0,
+        "seq order against the counter's (commit) order: {out_of_order} of {}",
+        counters.len()
+    );
+}

@@ -54,6 +54,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a tick and a page of the log keep their plans",
             sql: include_str!("../../migrations/capture/0005_plans_kept.sql"),
         },
+        Migration {
+            version: 6,
+            description: "a tick numbers transactions by their commit stamps",
+            sql: include_str!("../../migrations/capture/0006_commit_stamps.sql"),
+        },
     ],
 };
 
