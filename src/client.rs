@@ -15,7 +15,7 @@ use serde_json::{json, Map};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::backoff::Backoff;
-use crate::protocol::{Action, Envelope, EventFrame, Received, ServerMessage, Subscription};
+use crate::protocol::{Action, EventFrame, Position, Received, ServerMessage, Subscription};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -45,24 +45,74 @@ pub struct TailArgs {
     #[arg(long = "where")]
     pub where_: Vec<String>,
 
-    /// Start after this seq (replayed from the log) instead of now.
-    #[arg(long)]
-    pub after: Option<i64>,
+    /// Start after this position (a seq, or a checked position like
+    /// 1234.9f86d081), replayed from the log, instead of now.
+    #[arg(long, value_parser = parse_position)]
+    pub after: Option<Position>,
+
+    /// What to do when the server says the position cannot be continued
+    /// (`refresh_needed`: history changed, pruned, ahead): print a marker line
+    /// and go on, or exit with status 3.
+    #[arg(long, value_enum, default_value_t = OnReset::Continue)]
+    pub on_reset: OnReset,
 
     /// A JWT, when the server requires one.
     #[arg(long, env = "PGFEED_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnReset {
+    /// Print a marker line and go on from where the server goes on.
+    Continue,
+    /// Exit with status 3.
+    Exit,
+}
+
+fn parse_position(text: &str) -> Result<Position, String> {
+    Position::parse(text).ok_or_else(|| format!("`{text}` is not a seq or a position like 1234.9f86d081"))
+}
+
 /// Where the printed stream stands, so a reconnect continues it exactly.
 #[derive(Debug, Default)]
-struct Position {
-    /// The seq of the last event printed.
-    seq: Option<i64>,
-    /// How many events of that seq were printed (a reconnect may come mid-transaction).
-    printed: usize,
-    /// How many of that seq to drop after a reconnect (already printed).
+struct Printed {
+    /// The checked position after which nothing is missing from what was printed.
+    whole: Option<Position>,
+    /// The transaction being printed (a reconnect may come in its middle), its
+    /// position, and how many of its events were printed.
+    open: Option<(i64, String, usize)>,
+    /// How many events of the open transaction to drop after a reconnect (printed already).
     to_skip: usize,
+}
+
+impl Printed {
+    /// An event is about to be printed: true when it was printed already.
+    fn seen(&mut self, event: &EventFrame<'_>) -> bool {
+        let position = event.position.as_deref().unwrap_or_default().to_string();
+        match &mut self.open {
+            Some((seq, _, printed)) if *seq == event.seq => {
+                if self.to_skip > 0 {
+                    self.to_skip -= 1;
+                    return true;
+                }
+                *printed += 1;
+            }
+            open => {
+                // A new transaction: the one before it is done (what of it is
+                // missing was filtered out).
+                if let Some((_, done, _)) = open.take() {
+                    self.whole = Position::parse(&done);
+                }
+                *open = Some((event.seq, position, 1));
+                self.to_skip = 0;
+            }
+        }
+        if event.tx_index + 1 == event.tx_size {
+            let (_, done, _) = self.open.take().expect("just set");
+            self.whole = Position::parse(&done);
+        }
+        false
+    }
 }
 
 /// The subscription the flags describe.
@@ -80,6 +130,7 @@ fn subscription(args: &TailArgs) -> Result<Action> {
         tables: list(&args.tables),
         types: list(&args.types),
         where_: (!where_.is_empty()).then_some(where_),
+        after: None,
     }))
 }
 
@@ -106,22 +157,23 @@ fn feed_url(url: &str) -> Result<String> {
 pub async fn tail(args: TailArgs) -> Result<()> {
     let url = feed_url(&args.url)?;
     let subscribe = subscription(&args)?;
-    let mut position = Position {
-        seq: args.after,
-        ..Position::default()
+    let mut position = Printed {
+        whole: args.after.clone(),
+        ..Printed::default()
     };
     // 1, 2, 4, 8, 16, then 30 s, each with up to 20% jitter.
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 0.2);
     loop {
         let attempt = follow(&url, &args, &subscribe, &mut position, &mut backoff);
         tokio::select! {
+            biased;
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("tail: stopped");
                 return Ok(());
             }
             ended = attempt => {
                 let reason = match ended {
-                    Ok(()) => "the server closed the connection".to_string(),
+                    Ok(Ending::Reset) => std::process::exit(3),
                     Err(err) => format!("{err:#}"),
                 };
                 let wait = backoff.next_wait();
@@ -138,14 +190,21 @@ pub async fn tail(args: TailArgs) -> Result<()> {
     }
 }
 
-/// One connection: subscribe, resume where the printed stream stands, print.
+/// Why a connection ended without an error (it otherwise ends with the error that ended it).
+enum Ending {
+    /// `refresh_needed` with `--on-reset exit`.
+    Reset,
+}
+
+/// One connection: subscribe after where the printed stream stands (in one
+/// message: no live event comes before the replay), print.
 async fn follow(
     url: &str,
     args: &TailArgs,
     subscribe: &Action,
-    position: &mut Position,
+    position: &mut Printed,
     backoff: &mut Backoff,
-) -> Result<()> {
+) -> Result<Ending> {
     let target = match &args.token {
         Some(token) => {
             let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
@@ -159,23 +218,33 @@ async fn follow(
     let Ok(Received::Server(ServerMessage::Connected { seq: head, .. })) = Received::parse(&hello) else {
         bail!("the server did not say connected: {hello}");
     };
-    socket.send(Message::Text(subscribe.encode().into())).await?;
-    expect(&mut socket, "subscribed").await?;
-    // Continue the printed stream: from the transaction of the last event printed,
-    // dropping what of it was printed already.
-    if let Some(seq) = position.seq {
-        let after = if position.printed > 0 { seq - 1 } else { seq };
-        position.to_skip = position.printed;
-        socket
-            .send(Message::Text(Action::Resume { after }.encode().into()))
-            .await?;
-        let head = match expect(&mut socket, "resumed").await? {
-            ServerMessage::Resumed { head, .. } => head,
-            _ => after,
-        };
-        eprintln!("tail: connected; catching up {} transactions", (head - after).max(0));
-    } else {
-        eprintln!("tail: connected at seq {head}");
+    let Action::Subscribe(subscription) = subscribe else {
+        bail!("tail subscribes");
+    };
+    // From the last whole transaction printed, dropping what of the open one was printed already.
+    let subscription = Subscription {
+        after: position.whole.clone(),
+        ..subscription.clone()
+    };
+    position.to_skip = position.open.as_ref().map_or(0, |(_, _, printed)| *printed);
+    socket
+        .send(Message::Text(Action::Subscribe(subscription).encode().into()))
+        .await?;
+    let ServerMessage::Subscribed {
+        seq, position: start, ..
+    } = expect(&mut socket, "subscribed").await?
+    else {
+        bail!("expected subscribed");
+    };
+    match &position.whole {
+        Some(after) => eprintln!(
+            "tail: connected; catching up {} transactions",
+            (head - after.seq).max(0)
+        ),
+        None => eprintln!("tail: connected at seq {seq}"),
+    }
+    if position.whole.is_none() {
+        position.whole = start;
     }
     backoff.reset();
     let mut out = std::io::stdout().lock();
@@ -183,24 +252,34 @@ async fn follow(
         let text = next_text(&mut socket).await?;
         match Received::parse(&text) {
             Ok(Received::Server(ServerMessage::Error { message, .. })) => eprintln!("tail: server says {message:?}"),
-            Ok(Received::Server(refresh @ ServerMessage::RefreshNeeded { .. })) => eprintln!(
-                "tail: the server cannot replay from here ({})",
-                refresh.encode(Envelope::Type)
-            ),
-            Ok(Received::Event(event)) => {
-                let seq = event.seq;
-                if Some(seq) == position.seq && position.to_skip > 0 {
-                    position.to_skip -= 1;
-                    continue;
+            Ok(Received::Server(ServerMessage::RefreshNeeded {
+                reason,
+                seq,
+                position: restart,
+                ..
+            })) => {
+                // What was printed after `seq` is of no use (another history,
+                // or a gap): a marker line, then what the server goes on with.
+                match args.format {
+                    Format::Json => writeln!(out, "{text}")?,
+                    Format::Line => writeln!(
+                        out,
+                        "-- refresh needed ({reason}): nothing after #{seq} continues; going on after {}",
+                        restart.as_ref().map_or("now".to_string(), Position::to_string)
+                    )?,
                 }
-                if Some(seq) == position.seq {
-                    position.printed += 1;
-                } else {
-                    *position = Position {
-                        seq: Some(seq),
-                        printed: 1,
-                        to_skip: 0,
-                    };
+                out.flush()?;
+                if args.on_reset == OnReset::Exit {
+                    return Ok(Ending::Reset);
+                }
+                *position = Printed {
+                    whole: restart,
+                    ..Printed::default()
+                };
+            }
+            Ok(Received::Event(event)) => {
+                if position.seen(&event) {
+                    continue;
                 }
                 match args.format {
                     Format::Json => writeln!(out, "{text}")?,
@@ -325,6 +404,7 @@ mod tests {
             types: vec![],
             where_: vec!["study_id=3".into(), "label=ONC".into()],
             after: None,
+            on_reset: OnReset::Continue,
             token: None,
         };
         assert_eq!(

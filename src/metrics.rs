@@ -32,6 +32,9 @@ pub struct Metrics {
     pub ticks: Counter,
     /// Times the LISTEN connection was re-established: network or database trouble.
     pub listener_reconnects: Counter,
+    /// Times the database's history changed under the feed (reinstall,
+    /// restore, failover that lost commits) and the feed started over at its head.
+    pub history_resets: Counter,
     /// Times a client was served from the log (resume or fell behind the ring).
     pub client_catch_ups: Counter,
     /// Clients closed because they stopped reading.
@@ -103,6 +106,10 @@ impl Default for Metrics {
         let listener_reconnects = counter(
             "pgfeed_listener_reconnects",
             "Times the LISTEN connection was re-established",
+        );
+        let history_resets = counter(
+            "pgfeed_history_resets",
+            "Times the database's history changed under the feed and it started over at the new head",
         );
         let client_catch_ups = counter(
             "pgfeed_client_catch_ups",
@@ -185,6 +192,7 @@ impl Default for Metrics {
             log_catch_ups,
             ticks,
             listener_reconnects,
+            history_resets,
             client_catch_ups,
             clients_closed_slow,
             ws_connections,

@@ -33,7 +33,77 @@ pub enum Envelope {
     Event,
 }
 
-/// `subscribe {tables?, types?, where?}`; `event_types` is the seeds' name for `types`.
+/// A position in the feed as a client holds it: after transaction `seq` of
+/// one history. Written `<seq>.<check>` (`"1234.9f86d081"`), where the check
+/// names the transaction seq is in the history it came from, so a resume in
+/// another history (a reinstall, a restore, a failover that lost commits) is
+/// recognised (migrations/capture/0007). `0` is before the first seq. A bare
+/// number (`1234`, or `"1234"`) is accepted, unchecked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub seq: i64,
+    /// Eight hex digits; `None` for an unchecked position.
+    pub check: Option<String>,
+}
+
+impl Position {
+    /// Reads `1234` or `1234.9f86d081`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Position> {
+        let text = text.trim();
+        let (seq, check) = match text.split_once('.') {
+            Some((seq, check)) => (seq, Some(check)),
+            None => (text, None),
+        };
+        let seq: i64 = seq.parse().ok().filter(|seq| *seq >= 0)?;
+        let check = match check {
+            None => None,
+            Some(c) if c.len() == 8 && c.bytes().all(|b| b.is_ascii_hexdigit()) => Some(c.to_ascii_lowercase()),
+            Some(_) => return None,
+        };
+        Some(Position { seq, check })
+    }
+
+    /// A position without a check (what a bare seq says).
+    pub fn unchecked(seq: i64) -> Position {
+        Position { seq, check: None }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.check {
+            Some(check) => write!(f, "{}.{check}", self.seq),
+            None => write!(f, "{}", self.seq),
+        }
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, to: S) -> Result<S::Ok, S::Error> {
+        to.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(from: D) -> Result<Position, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Seq(i64),
+            Text(String),
+        }
+        let invalid =
+            || serde::de::Error::custom("invalid position: give a seq (1234) or a position (\"1234.9f86d081\")");
+        // A missing or mistyped field says so in serde's words; a wrong text says how a position reads.
+        match Given::deserialize(from)? {
+            Given::Seq(seq) if seq >= 0 => Ok(Position::unchecked(seq)),
+            Given::Seq(_) => Err(invalid()),
+            Given::Text(text) => Position::parse(&text).ok_or_else(invalid),
+        }
+    }
+}
+
+/// `subscribe {tables?, types?, where?, after?}`; `event_types` is the seeds' name for `types`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
@@ -43,6 +113,10 @@ pub struct Subscription {
     pub types: Option<Names>,
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub where_: Option<Map<String, Value>>,
+    /// Start right after this position (replayed from the log), with no live
+    /// event before the replay: subscribe and resume in one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Position>,
 }
 
 impl From<Subscription> for Filter {
@@ -72,7 +146,7 @@ struct TableArg {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AfterArg {
-    after: i64,
+    after: Position,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,8 +174,10 @@ pub enum Action {
     Snapshot {
         table: String,
     },
+    /// Replays after `after`, then live. On a live subscription it starts
+    /// that subscription over from `after`: what it holds after `after` comes again.
     Resume {
-        after: i64,
+        after: Position,
     },
     /// PEARL: a fresh `studies_update`.
     Refresh,
@@ -217,14 +293,18 @@ pub enum ServerMessage<'a> {
     AuthOk {
         expires_at: u64,
     },
-    /// First message on `/ws` (and on `/events`).
+    /// First message on `/ws` (and on `/events`): live delivery starts after `position`.
     Connected {
         connection_id: uuid::Uuid,
         seq: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
     },
     Pong,
     Subscribed {
         seq: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
         tables: Option<Cow<'a, Names>>,
         types: Option<Cow<'a, Names>>,
         #[serde(rename = "where")]
@@ -239,17 +319,24 @@ pub enum ServerMessage<'a> {
         after: i64,
         head: i64,
     },
-    /// The client must re-snapshot: its position can no longer be served.
+    /// The client must re-snapshot: its position (`seq`) can no longer be
+    /// served. `reason`: `pruned` (older than retention), `ahead` (beyond the
+    /// head), `history_changed` (another history: reinstall, restore,
+    /// failover), `log_unavailable`. Live delivery goes on after `position`.
     RefreshNeeded {
         reason: Cow<'a, str>,
         seq: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         oldest_seq: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
     },
     /// Rows of `table` as of `seq`; events after `seq` follow.
     Snapshot {
         table: Cow<'a, str>,
         seq: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
         #[serde(deserialize_with = "raw_json")]
         rows: Cow<'a, RawValue>,
     },
@@ -283,12 +370,19 @@ impl<'a> ServerMessage<'a> {
         }
     }
 
-    /// A `refresh_needed` message: the client at `seq` must re-snapshot.
-    pub fn refresh_needed(reason: &'a str, seq: i64, oldest_seq: Option<i64>) -> ServerMessage<'a> {
+    /// A `refresh_needed` message: the client at `seq` must re-snapshot;
+    /// live delivery goes on after `position`.
+    pub fn refresh_needed(
+        reason: &'a str,
+        seq: i64,
+        oldest_seq: Option<i64>,
+        position: Option<Position>,
+    ) -> ServerMessage<'a> {
         ServerMessage::RefreshNeeded {
             reason: reason.into(),
             seq,
             oldest_seq,
+            position,
         }
     }
 }
@@ -312,6 +406,9 @@ pub struct EventFrame<'a> {
     /// The event's place in its transaction, and how many events it has.
     pub tx_index: i32,
     pub tx_size: i32,
+    /// The checked position of the event's transaction (see [`Position`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unresolved_count: Option<i64>,
     /// Computed by the listener from old and new rows (PEARL's messages).
@@ -422,7 +519,9 @@ mod tests {
             (r#"{"action":7}"#, "must be a string"),
             (r#"{"action":"subscribe","tables":"studies"}"#, "invalid type"),
             (r#"{"action":"subscribe","tabels":["studies"]}"#, "unknown field"),
-            (r#"{"action":"resume","after":"x"}"#, "invalid type"),
+            (r#"{"action":"resume","after":"x"}"#, "invalid position"),
+            (r#"{"action":"resume","after":"5.xyz"}"#, "invalid position"),
+            (r#"{"action":"resume","after":-1}"#, "invalid position"),
             (r#"{"action":"resume"}"#, "missing field"),
             (r#"{"event":"subscribe","data":3}"#, "must be an object"),
         ] {
@@ -440,6 +539,7 @@ mod tests {
         let connected = ServerMessage::Connected {
             connection_id: uuid::Uuid::nil(),
             seq: 4,
+            position: None,
         }
         .encode(Envelope::Event);
         let connected: Value = serde_json::from_str(&connected).unwrap();
@@ -456,20 +556,23 @@ mod tests {
             ServerMessage::Connected {
                 connection_id: uuid::Uuid::nil(),
                 seq: 3,
+                position: Position::parse("3.0000abcd"),
             },
             ServerMessage::Pong,
             ServerMessage::Subscribed {
                 seq: 1,
+                position: None,
                 tables: Some(Cow::Borrowed(&names)),
                 types: None,
                 where_: None,
             },
             ServerMessage::Unsubscribed { types: None },
             ServerMessage::Resumed { after: 1, head: 2 },
-            ServerMessage::refresh_needed("retention", 4, Some(7)),
+            ServerMessage::refresh_needed("pruned", 4, Some(7), Position::parse("9.00000001")),
             ServerMessage::Snapshot {
                 table: "a".into(),
                 seq: 2,
+                position: Some(Position::unchecked(2)),
                 rows: Cow::Borrowed(&rows),
             },
             ServerMessage::StudiesUpdate {
@@ -505,11 +608,17 @@ mod tests {
                 tables: Some(["studies".to_string()].into_iter().collect()),
                 types: None,
                 where_: Some(serde_json::json!({"id": [1, "2"]}).as_object().unwrap().clone()),
+                after: Position::parse("12.0a0b0c0d"),
             }),
             Action::Subscribe(Subscription::default()),
             Action::Unsubscribe { types: None },
             Action::Snapshot { table: "t".into() },
-            Action::Resume { after: 5 },
+            Action::Resume {
+                after: Position::unchecked(5),
+            },
+            Action::Resume {
+                after: Position::parse("5.deadbeef").unwrap(),
+            },
             Action::Refresh,
             Action::Auth { token: "x".into() },
         ];
@@ -517,5 +626,20 @@ mod tests {
             let text = action.encode();
             assert_eq!(Action::parse(&text).unwrap(), action, "{text}");
         }
+    }
+
+    #[test]
+    fn positions_read_as_numbers_or_checked_text() {
+        assert_eq!(Position::parse("12"), Some(Position::unchecked(12)));
+        let checked = Position::parse("12.0A0b0c0D").unwrap();
+        assert_eq!(checked.to_string(), "12.0a0b0c0d");
+        for bad in ["", "x", "-1", "12.", "12.abc", "12.0a0b0c0dd", "1.2.3"] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
+        let read: Position = serde_json::from_str("7").unwrap();
+        assert_eq!(read, Position::unchecked(7));
+        let read: Position = serde_json::from_str("\"7.00000001\"").unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), "\"7.00000001\"");
+        assert!(serde_json::from_str::<Position>("-3").is_err());
     }
 }

@@ -640,7 +640,8 @@ async fn a_transaction_that_waited_for_another_gets_the_larger_seq_through_any_t
     let counters: Vec<i64> = sequenced.iter().map(|(_, label)| counter_of[label]).collect();
     let out_of_order = counters.windows(2).filter(|pair| pair[0] > pair[1]).count();
     assert_eq!(
-        out_of_order, 0,
+        out_of_order,
+        0,
         "seq order against the counter's (commit) order: {out_of_order} of {}",
         counters.len()
     );

@@ -547,7 +547,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         (r#"{"action":"fly"}"#, "unknown action"),
         (r#"{"no_action":1}"#, "names no action"),
         (r#"{"action":"subscribe","tables":"studies"}"#, "invalid type"),
-        (r#"{"action":"resume","after":"x"}"#, "invalid type"),
+        (r#"{"action":"resume","after":"x"}"#, "invalid position"),
         ("[]", "cannot read"),
     ] {
         client.send_raw(Message::Text(input.into())).await;

@@ -235,7 +235,7 @@ async fn resume_older_than_retention_gets_refresh_needed() {
     client.send(json!({"action": "resume", "after": 2})).await;
     let refresh = client.next().await;
     assert_eq!(refresh["type"], "refresh_needed", "{refresh}");
-    assert_eq!(refresh["reason"], "retention");
+    assert_eq!(refresh["reason"], "pruned");
     assert_eq!(refresh["oldest_seq"], 5);
     client.send(json!({"action": "resume", "after": 5})).await;
     client.next_of("resumed").await;

@@ -114,7 +114,9 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
         .unwrap();
     let (kind, data) = source.next().await;
     assert_eq!(kind, "connected", "{data}");
-    let start: i64 = source.last_event_id.as_deref().unwrap().parse().unwrap();
+    let start = pgfeed::protocol::Position::parse(source.last_event_id.as_deref().unwrap())
+        .unwrap()
+        .seq;
 
     db.exec("INSERT INTO studies (study_label) VALUES ('S1')").await;
     db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('S2'); INSERT INTO text_elements (type, label) VALUES ('title', 'T'); COMMIT;")
@@ -129,11 +131,26 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
     };
     let s3: Value = serde_json::from_str(&marker).unwrap();
     assert_eq!(
-        source.last_event_id.as_deref().map(|id| id.parse::<i64>().unwrap()),
+        source
+            .last_event_id
+            .as_deref()
+            .and_then(pgfeed::protocol::Position::parse)
+            .filter(|position| position.check.is_some())
+            .map(|position| position.seq),
         Some(first[2]["seq"].as_i64().unwrap()),
         "the id names the last transaction that is whole, not the one being read"
     );
     let seen_through = s3["seq"].as_i64().unwrap();
+    // What a browser sends back: the checked position of S3's transaction (its id line follows the event).
+    let (_, _) = {
+        db.exec("INSERT INTO studies (study_label) VALUES ('S4')").await;
+        source.next().await
+    };
+    let last_event_id = source.last_event_id.clone().unwrap();
+    assert_eq!(
+        pgfeed::protocol::Position::parse(&last_event_id).unwrap().seq,
+        seen_through
+    );
     drop(source);
 
     // Writes while the client is away.
@@ -141,14 +158,10 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
     writers.finish().await;
     db.exec("INSERT INTO studies (study_label) VALUES ('marker-back')")
         .await;
-    // The browser reconnects naming S3's transaction (its id line follows the event).
-    let mut resumed = EventSource::open(
-        &server,
-        "/events?tables=studies,text_elements",
-        Some(&seen_through.to_string()),
-    )
-    .await
-    .unwrap();
+    // The browser reconnects naming S3's transaction.
+    let mut resumed = EventSource::open(&server, "/events?tables=studies,text_elements", Some(&last_event_id))
+        .await
+        .unwrap();
     let (kind, _) = resumed.next().await;
     assert_eq!(kind, "connected");
     let mut events = Vec::new();
@@ -210,8 +223,17 @@ async fn filters_and_bad_requests() {
 
     let bad = EventSource::open(&server, "/events?where=nope", None).await;
     assert_eq!(bad.err(), Some(400));
-    let ahead = EventSource::open(&server, "/events?after=999999", None).await;
-    assert_eq!(ahead.err(), Some(400));
+    // A position beyond the head is not an error: the client is told to start over, and the stream goes on.
+    let mut ahead = EventSource::open(&server, "/events?after=999999", None).await.unwrap();
+    assert_eq!(ahead.next().await.0, "connected");
+    let (kind, data) = ahead.next().await;
+    let refresh: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (kind.as_str(), refresh["reason"].as_str()),
+        ("refresh_needed", Some("ahead"))
+    );
+    let bad_position = EventSource::open(&server, "/events?after=12.nope", None).await;
+    assert_eq!(bad_position.err(), Some(400));
     server.stop().await.unwrap();
 }
 

@@ -167,21 +167,24 @@ fn every_server_message_type() -> Vec<String> {
         ServerMessage::Connected {
             connection_id: uuid::Uuid::nil(),
             seq: 0,
+            position: None,
         },
         ServerMessage::AuthOk { expires_at: 0 },
         ServerMessage::Pong,
         ServerMessage::Subscribed {
             seq: 0,
+            position: None,
             tables: None,
             types: None,
             where_: None,
         },
         ServerMessage::Unsubscribed { types: None },
         ServerMessage::Resumed { after: 0, head: 0 },
-        ServerMessage::refresh_needed("retention", 0, None),
+        ServerMessage::refresh_needed("pruned", 0, None, None),
         ServerMessage::Snapshot {
             table: "t".into(),
             seq: 0,
+            position: None,
             rows: std::borrow::Cow::Borrowed(&rows),
         },
         ServerMessage::StudiesUpdate {

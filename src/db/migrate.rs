@@ -59,6 +59,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a tick numbers transactions by their commit stamps",
             sql: include_str!("../../migrations/capture/0006_commit_stamps.sql"),
         },
+        Migration {
+            version: 7,
+            description: "positions name their history; a log from another cluster is adopted",
+            sql: include_str!("../../migrations/capture/0007_positions_name_their_history.sql"),
+        },
     ],
 };
 

@@ -63,6 +63,8 @@ pub struct Change {
     pub tx_index: i32,
     /// Number of events in the transaction.
     pub tx_size: i32,
+    /// The checked position of its transaction (`<seq>.<check>`, migrations/capture/0007).
+    pub position: String,
 }
 
 impl Change {

@@ -34,6 +34,8 @@ pub struct Event {
     pub frame: Utf8Bytes,
     /// The same in the `{"event": …}` envelope, made by the first client that wants it.
     pub envelope_frame: std::sync::OnceLock<Utf8Bytes>,
+    /// The checked position of its transaction, shared by its events.
+    pub position: Arc<str>,
 }
 
 impl Event {
@@ -151,6 +153,7 @@ impl Encoder<'_> {
             _ => rows.0.as_ref(),
         };
         let table = self.names.get(&change.table);
+        let position: Arc<str> = change.position.as_str().into();
         let mut events = Vec::with_capacity(count);
         let messages = std::iter::once((own_kind.as_str(), own_data, outcome.row_audience, false)).chain(
             outcome
@@ -170,6 +173,7 @@ impl Encoder<'_> {
                 timestamp: Cow::Borrowed(&change.at),
                 tx_index: change.tx_index,
                 tx_size: change.tx_size,
+                position: Some(Cow::Borrowed(&change.position)),
                 unresolved_count: if n == 0 { outcome.unresolved_count } else { None },
                 derived,
             };
@@ -187,6 +191,7 @@ impl Encoder<'_> {
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),
                 envelope_frame: std::sync::OnceLock::new(),
+                position: position.clone(),
             });
         }
         events

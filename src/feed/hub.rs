@@ -39,6 +39,11 @@ struct Ring {
     first: u64,
     /// Events in `batches`.
     events: usize,
+    /// The checked position of the head (`Shared::head`), written with it.
+    head_position: Arc<str>,
+    /// Which history the ring holds: a reset (the database's history changed
+    /// under the feed) starts a new one, and every cursor of an older one is told.
+    generation: u64,
 }
 
 impl Ring {
@@ -57,6 +62,8 @@ struct Shared {
     /// The last transaction published whole; written under the ring's write
     /// lock, so a reader holding the lock sees the head that goes with the batches.
     head: AtomicI64,
+    /// `Ring::generation`, readable without the lock.
+    generation: AtomicU64,
     /// Woken on every publish.
     published_news: Notify,
     capacity: usize,
@@ -77,8 +84,11 @@ impl Hub {
                     batches: VecDeque::new(),
                     first: 0,
                     events: 0,
+                    head_position: "0".into(),
+                    generation: 0,
                 }),
                 end: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
                 published: AtomicU64::new(0),
                 head: AtomicI64::new(0),
                 published_news: Notify::new(),
@@ -114,15 +124,49 @@ impl Hub {
                     ring.first += 1;
                 }
             }
-            shared.head.fetch_max(head, Ordering::SeqCst);
+            if head > shared.head.load(Ordering::SeqCst) {
+                if let Some(position) = closing_position(&ring, head) {
+                    ring.head_position = position;
+                }
+                shared.head.store(head, Ordering::SeqCst);
+            }
             shared.end.store(ring.end(), Ordering::Release);
         }
         shared.published_news.notify_waiters();
     }
 
-    /// Records that every transaction up to `seq` has been published.
-    pub fn set_head(&self, seq: i64) {
-        self.publish(Vec::new(), seq);
+    /// Records that every transaction up to `seq` (at `position`) has been published.
+    pub fn set_head(&self, seq: i64, position: Arc<str>) {
+        let shared = &*self.shared;
+        {
+            let mut ring = shared.ring.write().expect("hub ring lock");
+            if seq <= shared.head.load(Ordering::SeqCst) {
+                return;
+            }
+            ring.head_position = position;
+            shared.head.store(seq, Ordering::SeqCst);
+        }
+        shared.published_news.notify_waiters();
+    }
+
+    /// The database's history changed under the feed (a reinstall, a restore,
+    /// a failover that lost commits): what the ring holds belongs to the old
+    /// one. Every cursor is told (`Behind::Reset`), and the feed goes on from
+    /// `head` at `position` of the new history.
+    pub fn reset(&self, head: i64, position: Arc<str>) {
+        let shared = &*self.shared;
+        {
+            let mut ring = shared.ring.write().expect("hub ring lock");
+            ring.generation += 1;
+            ring.first = ring.end();
+            ring.batches.clear();
+            ring.events = 0;
+            ring.head_position = position;
+            shared.head.store(head, Ordering::SeqCst);
+            shared.generation.store(ring.generation, Ordering::SeqCst);
+            shared.end.store(ring.end(), Ordering::Release);
+        }
+        shared.published_news.notify_waiters();
     }
 
     /// The last transaction published whole.
@@ -130,16 +174,27 @@ impl Hub {
         self.shared.head.load(Ordering::SeqCst)
     }
 
-    /// A cursor at the live end of the ring, and the head it starts after:
-    /// every event after that head is the cursor's to read.
-    pub fn subscribe(&self) -> (Cursor, i64) {
+    /// A cursor at the live end of the ring, and the head it starts after
+    /// with its position: every event after that head is the cursor's to read.
+    pub fn subscribe(&self) -> (Cursor, i64, Arc<str>) {
         let ring = self.shared.ring.read().expect("hub ring lock");
         let cursor = Cursor {
             shared: self.shared.clone(),
             next: ring.end(),
+            generation: ring.generation,
         };
-        (cursor, self.shared.head.load(Ordering::SeqCst))
+        (
+            cursor,
+            self.shared.head.load(Ordering::SeqCst),
+            ring.head_position.clone(),
+        )
     }
+}
+
+/// The position of the newest batch's transaction `head`, when it closes there.
+fn closing_position(ring: &Ring, head: i64) -> Option<Arc<str>> {
+    let last = ring.batches.back()?.events.last()?;
+    (last.seq == head && last.closes_tx).then(|| last.position.clone())
 }
 
 /// Why a cursor has nothing to hand out.
@@ -149,6 +204,8 @@ pub enum Behind {
     Empty,
     /// The ring let go of batches this cursor had not read.
     Lagged,
+    /// The ring was reset: the cursor belongs to a history that is gone.
+    Reset,
 }
 
 /// One subscriber's place in the ring.
@@ -156,11 +213,16 @@ pub struct Cursor {
     shared: Arc<Shared>,
     /// The number of the next batch to read.
     next: u64,
+    /// The ring's generation when this cursor joined.
+    generation: u64,
 }
 
 impl Cursor {
     /// The next batch, if it is there.
     pub fn try_next(&mut self) -> Result<Arc<Batch>, Behind> {
+        if self.stale() {
+            return Err(Behind::Reset);
+        }
         if self.next == self.shared.end.load(Ordering::Acquire) {
             return Err(Behind::Empty);
         }
@@ -175,6 +237,11 @@ impl Cursor {
             }
             None => Err(Behind::Empty),
         }
+    }
+
+    /// The ring was reset since this cursor joined.
+    pub fn stale(&self) -> bool {
+        self.shared.generation.load(Ordering::SeqCst) != self.generation
     }
 
     /// The next batch, waiting for it. Cancel-safe: a batch is taken only
@@ -223,6 +290,7 @@ mod tests {
             closes_tx: true,
             frame: seq.to_string().into(),
             envelope_frame: Default::default(),
+            position: format!("{seq}.0000000a").into(),
         })
         .collect()
     }
@@ -230,10 +298,10 @@ mod tests {
     #[test]
     fn a_page_is_read_in_batches_and_a_new_cursor_starts_after_its_head() {
         let hub = Hub::new(1000);
-        let (mut early, head) = hub.subscribe();
+        let (mut early, head, _) = hub.subscribe();
         assert_eq!(head, 0);
         hub.publish(events(1..(2 * BATCH as i64 + 2)), 2 * BATCH as i64 + 1);
-        let (mut late, head) = hub.subscribe();
+        let (mut late, head, _) = hub.subscribe();
         assert_eq!(head, 2 * BATCH as i64 + 1, "a cursor and its head go together");
         assert_eq!(late.try_next().unwrap_err(), Behind::Empty);
 
@@ -248,8 +316,8 @@ mod tests {
     #[test]
     fn the_ring_holds_its_capacity_in_events_and_an_overtaken_cursor_lags() {
         let hub = Hub::new(3 * BATCH);
-        let (mut slow, _) = hub.subscribe();
-        let (mut fast, _) = hub.subscribe();
+        let (mut slow, _, _) = hub.subscribe();
+        let (mut fast, _, _) = hub.subscribe();
         for page in 0..4 {
             let first = page * BATCH as i64 + 1;
             hub.publish(events(first..first + BATCH as i64), first + BATCH as i64 - 1);
@@ -266,7 +334,7 @@ mod tests {
 
         // The newest batch is kept whatever the capacity.
         let tiny = Hub::new(1);
-        let (mut cursor, _) = tiny.subscribe();
+        let (mut cursor, _, _) = tiny.subscribe();
         tiny.publish(events(1..BATCH as i64 + 1), BATCH as i64);
         assert_eq!(cursor.try_next().unwrap().events.len(), BATCH);
     }
@@ -274,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_cursor_wakes_on_publish() {
         let hub = Hub::new(64);
-        let (mut cursor, _) = hub.subscribe();
+        let (mut cursor, _, _) = hub.subscribe();
         let waiting = tokio::spawn(async move { cursor.next().await.map(|b| b.events[0].seq) });
         tokio::task::yield_now().await;
         hub.publish(events(7..8), 7);
@@ -294,5 +362,28 @@ mod tests {
         // A head that moves is news, even without events.
         hub.publish(Vec::new(), 8);
         assert!(futures_util::FutureExt::now_or_never(news.as_mut()).is_some());
+    }
+
+    #[test]
+    fn the_head_keeps_its_position_and_a_reset_tells_every_cursor() {
+        let hub = Hub::new(64);
+        hub.set_head(4, "4.00000004".into());
+        hub.publish(events(5..7), 6);
+        let (mut cursor, head, position) = hub.subscribe();
+        assert_eq!((head, &*position), (6, "6.0000000a"));
+        hub.publish(events(7..8), 7);
+        assert!(cursor.try_next().is_ok());
+        hub.reset(2, "2.00000002".into());
+        assert_eq!(cursor.try_next().unwrap_err(), Behind::Reset);
+        assert!(cursor.stale());
+        let (mut fresh, head, position) = hub.subscribe();
+        assert_eq!(
+            (head, &*position),
+            (2, "2.00000002"),
+            "the new history's head, even below the old"
+        );
+        assert_eq!(fresh.try_next().unwrap_err(), Behind::Empty);
+        hub.publish(events(3..4), 3);
+        assert_eq!(fresh.try_next().unwrap().events[0].seq, 3);
     }
 }

@@ -59,6 +59,8 @@ pub struct Listener {
     ready: Arc<AtomicBool>,
     /// The last transaction delivered whole.
     last_seq: i64,
+    /// Its checked position: what this history says it is (migrations/capture/0007).
+    last_position: Arc<str>,
     /// (seq, events published) of a transaction published only in part.
     partial: Option<(i64, i32)>,
     /// Whether this listener ticks, and when.
@@ -92,6 +94,7 @@ impl Listener {
             metrics: feed.metrics.clone(),
             ready,
             last_seq: 0,
+            last_position: "0".into(),
             partial: None,
             sequencer: Sequencer::new(tick_interval),
             work: WorkLimit::default(),
@@ -128,7 +131,9 @@ impl Listener {
                 let identity = within(ROUND_TRIP_TIMEOUT, backend_identity(&mut reader)).await?;
                 self.previous_backends.push(identity);
                 self.reader = Some(reader);
-                // Everything committed while nobody listened is in the log.
+                // Still the history it delivered? Then everything committed
+                // while nobody listened is in the log.
+                self.verify_history().await.context("checking the history")?;
                 self.catch_up().await.context("reading the log")?;
                 anyhow::Ok(listener)
             };
@@ -171,16 +176,53 @@ impl Listener {
     /// before accepting clients: a client that connects then starts at this
     /// head, and the listener delivers everything after it.
     pub async fn start_at_head(&mut self) -> Result<()> {
+        self.read_head().await?;
+        self.hub.set_head(self.last_seq, self.last_position.clone());
+        Ok(())
+    }
+
+    /// The head and its position, with PEARL's state from the same snapshot.
+    async fn read_head(&mut self) -> Result<()> {
         // After a tick of its own: the head covers everything its snapshot sees.
         let mut tx = log::ticked_snapshot(&self.pool).await?;
-        let head: i64 = sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(&mut *tx).await?;
+        let (head, position): (i64, Option<String>) =
+            sqlx::query_as("SELECT pgfeed.head(), pgfeed.position(pgfeed.head())")
+                .fetch_one(&mut *tx)
+                .await?;
         let state = pearl::State::read(&mut tx, head).await?;
         tx.commit().await?;
         self.last_seq = head;
+        // A head whose commit row retention removed has no check left.
+        self.last_position = position.unwrap_or_else(|| head.to_string()).into();
+        self.partial = None;
         *self.pearl.lock().expect("pearl state lock") = state;
-        self.hub.set_head(head);
         self.metrics.head_seq.set(head);
         Ok(())
+    }
+
+    /// Checks that the transaction the feed last delivered is still that
+    /// seq's in the database: a reinstall, a restore or a failover that lost
+    /// commits starts another history, whose seqs name other transactions.
+    /// Then the feed starts over at the new history's head, and every
+    /// subscriber is told (`refresh_needed`, `history_changed`). Returns the head.
+    async fn verify_history(&mut self) -> sqlx::Result<i64> {
+        let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        let (head, here) = self.work.bound(log::head_and_position(reader, self.last_seq)).await?;
+        let changed = head < self.last_seq || here.is_some_and(|here| *here != *self.last_position);
+        if !changed {
+            return Ok(head);
+        }
+        tracing::warn!(
+            seq = self.last_seq,
+            head,
+            "the database's history changed under the feed (a reinstall, a restore or a failover that lost commits); starting over at its head"
+        );
+        self.metrics.history_resets.inc();
+        self.read_head()
+            .await
+            .map_err(|err| sqlx::Error::Protocol(format!("reading the new history's head: {err:#}")))?;
+        self.hub.reset(self.last_seq, self.last_position.clone());
+        Ok(self.last_seq)
     }
 
     /// Ends this instance's previous backends if they linger, then tries for
@@ -305,6 +347,11 @@ impl Listener {
                 LOG_PAGE,
             ))
             .await?;
+        if head < before {
+            // The head went back: another history (see `verify_history`).
+            self.verify_history().await?;
+            return Ok(true);
+        }
         let full_page = changes.len() as i64 >= LOG_PAGE;
         self.publish(changes);
         if full_page || self.last_seq < head {
@@ -323,8 +370,7 @@ impl Listener {
         } else if self.sequencer.take_over_if_free(listener).await? {
             tracing::info!(seq = self.last_seq, "this listener now ticks");
         }
-        let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
-        if self.work.bound(log::head(reader)).await? > self.last_seq {
+        if self.verify_history().await? > self.last_seq {
             self.catch_up().await?;
         }
         Ok(())
@@ -380,10 +426,12 @@ impl Listener {
                 if whole {
                     written.push(change.written);
                 }
+                let position: Arc<str> = change.position.as_str().into();
                 events.extend(encoder.encode(change));
                 self.partial = if whole { None } else { Some((seq, tx_index + 1)) };
-                if whole {
-                    self.last_seq = self.last_seq.max(seq);
+                if whole && seq > self.last_seq {
+                    self.last_seq = seq;
+                    self.last_position = position;
                 }
             }
         }

@@ -143,6 +143,7 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
             written: written_us as f64 / 1e6,
             tx_index,
             tx_size: row.try_get(1)?,
+            position: row.try_get(10)?,
         };
         at = if change.is_last_of_tx() {
             Cursor::after(seq)
@@ -204,14 +205,15 @@ pub async fn ticked_snapshot(pool: &PgPool) -> sqlx::Result<sqlx::Transaction<'s
 /// one JSON array, without its excluded columns and with UTC timestamps, and
 /// the watermark seq they reflect: every transaction with seq ≤ watermark is
 /// in the rows, none after it. `None` when `table` is not tracked.
-pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result<Option<(i64, String)>> {
+pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result<Option<Snapshot>> {
     let mut tx = ticked_snapshot(pool).await?;
-    let found: Option<(i64, String)> = sqlx::query_as("SELECT watermark, rows::text FROM pgfeed.snapshot($1)")
-        .bind(table)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let found: Option<(i64, Option<String>, String)> =
+        sqlx::query_as("SELECT watermark, pgfeed.position(watermark), rows::text FROM pgfeed.snapshot($1)")
+            .bind(table)
+            .fetch_optional(&mut *tx)
+            .await?;
     tx.commit().await?;
-    let Some((watermark, rows)) = found else {
+    let Some((watermark, position, rows)) = found else {
         return Ok(None);
     };
     let mut rows: Value = serde_json::from_str(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -219,5 +221,38 @@ pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result
         rows.retain(|row| scope.allows_row(row));
         rows.iter_mut().for_each(timestamps::normalize_row);
     }
-    Ok(Some((watermark, rows.to_string())))
+    Ok(Some(Snapshot {
+        watermark,
+        // A head whose commit row retention removed has no check left.
+        position: position.unwrap_or_else(|| watermark.to_string()),
+        rows: rows.to_string(),
+    }))
+}
+
+/// A table's rows as of a watermark (see [`snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub watermark: i64,
+    /// The watermark's checked position.
+    pub position: String,
+    /// A JSON array.
+    pub rows: String,
+}
+
+/// Where the log stands for a client resuming after `seq`: the oldest seq it
+/// can resume after, the head, and the checked position of `seq` in this
+/// history (`None` when the log no longer, or does not yet, hold it).
+pub async fn bounds(pool: &PgPool, seq: i64) -> sqlx::Result<(i64, i64, Option<String>)> {
+    sqlx::query_as("SELECT (SELECT pruned_through FROM pgfeed.retention), pgfeed.head(), pgfeed.position($1)")
+        .bind(seq)
+        .fetch_one(pool)
+        .await
+}
+
+/// The head, and the checked position of `seq` in this history (see [`bounds`]).
+pub async fn head_and_position<'e>(db: impl PgExecutor<'e>, seq: i64) -> sqlx::Result<(i64, Option<String>)> {
+    sqlx::query_as("SELECT pgfeed.head(), pgfeed.position($1)")
+        .bind(seq)
+        .fetch_one(db)
+        .await
 }

@@ -40,6 +40,11 @@ pub enum Next<'a> {
     Idle,
     /// The log could not be read to fill a gap: the client must re-snapshot.
     LogUnavailable,
+    /// The database's history changed under the feed (a reinstall, a restore,
+    /// a failover that lost commits): what the client holds after `from` is of
+    /// another history. The client must re-snapshot; the stream goes on after
+    /// the new history's head ([`Subscriber::last_position`]).
+    HistoryChanged { from: i64 },
 }
 
 /// Where a handed-out event lies: in the live batch or the replay's page.
@@ -55,6 +60,7 @@ enum Out {
     Whole(i64),
     Idle,
     LogUnavailable,
+    HistoryChanged(i64),
 }
 
 /// What `Subscriber::step` found: something to hand out, or what to wait for.
@@ -151,6 +157,10 @@ pub struct Subscriber {
     pub scope: Option<Scope>,
     /// The last transaction delivered whole.
     last_seq: i64,
+    /// Its checked position.
+    last_position: Arc<str>,
+    /// The history changed after this seq; to be said next.
+    history_changed: Option<i64>,
     /// The transaction being delivered from the hub, and how many of its events
     /// were handled (sent or filtered out).
     open: Option<(i64, usize)>,
@@ -180,7 +190,7 @@ impl Feed {
 impl Subscriber {
     /// A subscriber at the live end: it receives everything after the hub's head.
     pub fn new(sources: Feed, audience: Audience) -> Subscriber {
-        let (cursor, last_seq) = sources.hub.subscribe();
+        let (cursor, last_seq, last_position) = sources.hub.subscribe();
         Subscriber {
             sources,
             audience,
@@ -189,6 +199,8 @@ impl Subscriber {
             filter: None,
             scope: None,
             last_seq,
+            last_position,
+            history_changed: None,
             open: None,
             sent_in_open: false,
             whole: None,
@@ -204,6 +216,11 @@ impl Subscriber {
         self.last_seq
     }
 
+    /// The checked position of `last_seq` (as `Position` writes it).
+    pub fn last_position(&self) -> &str {
+        &self.last_position
+    }
+
     /// The client holds a snapshot of `table` as of `seq`: events at or below it are not sent.
     pub fn set_watermark(&mut self, table: &str, seq: i64) {
         self.watermarks.insert(table.to_string(), seq);
@@ -212,13 +229,14 @@ impl Subscriber {
     /// Replays everything after `after` from the log, then goes live (the
     /// caller has checked `after` is within the log). Subscribes to
     /// everything if nothing was asked yet.
-    pub fn resume_after(&mut self, after: i64) {
+    pub fn resume_after(&mut self, after: i64, position: &str) {
         if self.filter.is_none() {
             self.filter = Some(Filter::default());
         }
         self.watermarks.clear();
         self.whole = None;
         self.last_seq = after;
+        self.last_position = position.into();
         self.open = None;
         self.sent_in_open = false;
         self.start_replay(None);
@@ -276,6 +294,7 @@ impl Subscriber {
             Out::Whole(seq) => Next::Whole(seq),
             Out::Idle => Next::Idle,
             Out::LogUnavailable => Next::LogUnavailable,
+            Out::HistoryChanged(from) => Next::HistoryChanged { from },
         }
     }
 
@@ -289,6 +308,13 @@ impl Subscriber {
     /// Everything that can be decided without waiting; then what to wait for.
     fn step(&mut self) -> Step {
         loop {
+            if self.cursor.stale() {
+                self.start_over_in_the_new_history();
+            }
+            if let Some(from) = self.history_changed.take() {
+                self.busy = true;
+                return Step::Ready(Out::HistoryChanged(from));
+            }
             if let Some(seq) = self.whole.take() {
                 self.busy = true;
                 return Step::Ready(Out::Whole(seq));
@@ -350,6 +376,7 @@ impl Subscriber {
                 let skip = self.open.take();
                 self.start_replay(skip);
             }
+            Err(Behind::Reset) => self.start_over_in_the_new_history(),
             Err(Behind::Empty) => {}
         }
     }
@@ -439,6 +466,9 @@ impl Subscriber {
     fn deliver(&mut self, at: At) -> Option<At> {
         let event = self.event_at(at);
         let (seq, closes, wanted) = (event.seq, event.closes_tx, self.wants(event));
+        if closes {
+            self.last_position = event.position.clone();
+        }
         if wanted {
             self.sent_in_open = true;
         }
@@ -452,18 +482,38 @@ impl Subscriber {
         wanted.then_some(at)
     }
 
+    /// The hub was reset: nothing of the old history is read or sent any more;
+    /// the stream says so once and goes on at the new history's live end,
+    /// with the same filter and scope. The client's snapshots are of the old
+    /// history: their watermarks go.
+    fn start_over_in_the_new_history(&mut self) {
+        let (cursor, head, position) = self.sources.hub.subscribe();
+        self.history_changed = Some(self.last_seq);
+        self.cursor = cursor;
+        self.last_seq = head;
+        self.last_position = position;
+        self.live = None;
+        self.replay = None;
+        self.open = None;
+        self.sent_in_open = false;
+        self.whole = None;
+        self.watermarks.clear();
+    }
+
     /// Reads the log after `last_seq` from the next `next` call on; `skip`
     /// names the part of a transaction already delivered.
     fn start_replay(&mut self, skip: Option<(i64, usize)>) {
         // A fresh place at the live end first: whatever the hub gets from now on
         // is kept for us, and whatever it got before is in the log we read.
-        let (cursor, head) = self.sources.hub.subscribe();
+        let (cursor, head, position) = self.sources.hub.subscribe();
         self.cursor = cursor;
         self.live = None;
         self.open = None;
         if self.filter.is_none() {
             // Nothing is wanted: nothing to read.
-            self.last_seq = self.last_seq.max(head);
+            if head > self.last_seq {
+                (self.last_seq, self.last_position) = (head, position);
+            }
             self.replay = None;
             return;
         }
@@ -518,6 +568,7 @@ mod tests {
             closes_tx: index + 1 == size,
             frame: format!("{seq}.{index}").into(),
             envelope_frame: Default::default(),
+            position: format!("{seq}.0000000a").into(),
         }]
     }
 
@@ -626,11 +677,31 @@ mod tests {
         for seq in 1..6 {
             hub.publish(event(seq, 0, 1, "t"), 0);
         }
-        hub.set_head(5);
+        hub.set_head(5, "5.00000005".into());
         assert!(
             take(&mut s, 1).await.is_empty(),
             "a lag without a subscription reads no log"
         );
         assert_eq!(s.last_seq(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_hub_is_said_once_and_the_stream_goes_on_in_the_new_history() {
+        let hub = Hub::new(64);
+        let mut s = subscriber(&hub);
+        hub.publish(event(1, 0, 1, "t"), 1);
+        assert_eq!(take(&mut s, 2).await, ["1.0", "whole 1"]);
+        assert_eq!(s.last_position(), "1.0000000a");
+        s.set_watermark("t", 1);
+        hub.reset(0, "0".into());
+        assert_eq!(take(&mut s, 1).await, ["HistoryChanged { from: 1 }"]);
+        assert_eq!((s.last_seq(), s.last_position()), (0, "0"));
+        hub.publish(event(1, 0, 1, "t"), 1);
+        assert_eq!(
+            take(&mut s, 2).await,
+            ["1.0", "whole 1"],
+            "the new history's seq 1, after the old one's"
+        );
+        assert_eq!((s.last_seq(), s.last_position()), (1, "1.0000000a"));
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::access::Access;
 use super::{verbs, ApiError, AppState};
-use crate::protocol::{Envelope, ServerMessage};
+use crate::protocol::{Envelope, Position, ServerMessage};
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -61,11 +61,12 @@ pub async fn table_snapshot(
 ) -> Result<Response, ApiError> {
     let scope = access.require(&state)?;
     let table = table.trim_end_matches('/');
-    let (watermark, rows) = verbs::snapshot(&state, &scope, table).await?;
+    let snapshot = verbs::snapshot(&state, &scope, table).await?;
     let body = ServerMessage::Snapshot {
         table: table.into(),
-        seq: watermark,
-        rows: std::borrow::Cow::Borrowed(&rows),
+        seq: snapshot.watermark,
+        position: Position::parse(&snapshot.position),
+        rows: std::borrow::Cow::Owned(verbs::raw_rows(snapshot.rows)),
     }
     .encode(Envelope::Type);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

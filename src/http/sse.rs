@@ -27,7 +27,7 @@ use super::{ApiError, AppState};
 use crate::feed::pearl::Audience;
 use crate::feed::subscriber::Next;
 use crate::filter::Filter;
-use crate::protocol::{Envelope, ServerMessage};
+use crate::protocol::{Envelope, Position, ServerMessage};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct EventsQuery {
@@ -36,7 +36,7 @@ pub struct EventsQuery {
     event_types: Option<String>,
     #[serde(rename = "where")]
     where_: Option<String>,
-    after: Option<i64>,
+    after: Option<String>,
 }
 
 fn list(text: &Option<String>) -> Option<crate::names::Names> {
@@ -83,34 +83,34 @@ pub async fn events(
     sub.scope = Some(scope);
     sub.filter = Some(filter);
     // `Last-Event-ID` (a browser reconnecting) wins over `?after=`.
-    let after = headers
+    let after = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .or(query.after);
-    let connection_id = uuid::Uuid::new_v4();
-    let mut start = sub.last_seq();
+        .or(query.after.as_deref())
+    {
+        None => None,
+        Some(text) => Some(Position::parse(text).ok_or_else(|| {
+            ApiError::BadRequest("after (or Last-Event-ID) must be a seq (1234) or a position (1234.9f86d081)".into())
+        })?),
+    };
     let mut refresh = None;
-    if let Some(after) = after {
+    if let Some(after) = &after {
         match verbs::resume_from(&state, after).await? {
-            ResumeFrom::Replay { after, .. } => {
-                sub.resume_after(after);
-                start = after;
-            }
-            ResumeFrom::Pruned { oldest } => {
-                refresh = Some(message(&ServerMessage::refresh_needed(
-                    "retention",
-                    after,
-                    Some(oldest),
-                )))
+            ResumeFrom::Replay { after, position, .. } => sub.resume_after(after, &position),
+            ResumeFrom::Refresh { reason, oldest } => {
+                let live = Position::parse(sub.last_position());
+                refresh = Some(message(&ServerMessage::refresh_needed(reason, after.seq, oldest, live)));
             }
         }
     }
     let connected = ServerMessage::Connected {
-        connection_id,
-        seq: start,
+        connection_id: uuid::Uuid::new_v4(),
+        seq: sub.last_seq(),
+        position: Position::parse(sub.last_position()),
     };
-    let opening: Vec<SseEvent> = std::iter::once(message(&connected).id(start.to_string()))
+    // The id is the position the stream starts after: a browser that
+    // reconnects before any whole transaction resumes from there.
+    let opening: Vec<SseEvent> = std::iter::once(message(&connected).id(sub.last_position()))
         .chain(refresh)
         .collect();
     let expires = match &access {
@@ -142,11 +142,21 @@ pub async fn events(
                         metrics.events_delivered.inc();
                         SseEvent::default().event(&*event.kind).data(event.frame.as_str())
                     }
-                    Next::Whole(seq) => SseEvent::default().id(seq.to_string()),
+                    // The checked position of the transaction now whole: `Last-Event-ID` resumes after it.
+                    Next::Whole(_) => SseEvent::default().id(sub.last_position()),
                     Next::Idle => continue,
-                    Next::LogUnavailable => {
-                        message(&ServerMessage::refresh_needed("log_unavailable", sub.last_seq(), None))
-                    }
+                    Next::LogUnavailable => message(&ServerMessage::refresh_needed(
+                        "log_unavailable",
+                        sub.last_seq(),
+                        None,
+                        Position::parse(sub.last_position()),
+                    )),
+                    Next::HistoryChanged { from } => message(&ServerMessage::refresh_needed(
+                        "history_changed",
+                        from,
+                        None,
+                        Position::parse(sub.last_position()),
+                    )),
                 };
                 return Some((event, (sub, permit, false)));
             }

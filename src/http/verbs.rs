@@ -11,6 +11,7 @@ use super::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::feed::log;
 use crate::filter::Filter;
+use crate::protocol::Position;
 
 /// Why a verb was refused: a code clients can act on and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,42 +84,52 @@ pub fn check_filter(state: &AppState, scope: &Scope, filter: &Filter) -> Result<
         .try_for_each(|table| check_table(state, scope, table))
 }
 
-/// Where a client resuming after a seq starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a client resuming after a position starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumeFrom {
-    /// The log holds everything after `after`: replay it, then go live.
-    Replay { after: i64, head: i64 },
-    /// Retention dropped transactions after `after`: the client must re-snapshot.
-    Pruned { oldest: i64 },
+    /// The log holds everything after `after`, in the history the position
+    /// came from: replay it (`position` is `after`'s, checked), then go live.
+    Replay { after: i64, head: i64, position: String },
+    /// The position cannot be served; the client must re-snapshot. `reason`:
+    /// `pruned` (retention dropped what follows it; `oldest` is the oldest
+    /// position that can be resumed), `ahead` (beyond the head), or
+    /// `history_changed` (its seq names another transaction here).
+    Refresh { reason: &'static str, oldest: Option<i64> },
 }
 
-/// Checks `after` against the log's bounds.
-pub async fn resume_from(state: &AppState, after: i64) -> Result<ResumeFrom, Refusal> {
-    let bounds = async {
-        let oldest = log::resumable_from(&state.pool).await?;
-        let head = log::head(&state.pool).await?;
-        Ok::<_, sqlx::Error>((oldest, head))
-    };
-    let (oldest, head) = bounds.await.map_err(|err| {
+/// Checks `after` against the log: its bounds, and (for a checked position)
+/// that its seq names the same transaction here as where it came from.
+pub async fn resume_from(state: &AppState, after: &Position) -> Result<ResumeFrom, Refusal> {
+    let (oldest, head, here) = log::bounds(&state.pool, after.seq).await.map_err(|err| {
         tracing::error!(error = %err, "resume: reading the log bounds");
         Refusal::Unavailable("the event log cannot be read right now")
     })?;
-    if after < oldest {
-        return Ok(ResumeFrom::Pruned { oldest });
+    let refresh = |reason, oldest| Ok(ResumeFrom::Refresh { reason, oldest });
+    if after.seq > head {
+        return refresh("ahead", None);
     }
-    if after > head {
-        return Err(Refusal::BadRequest(format!(
-            "after={after} is beyond the newest seq {head}"
-        )));
+    if after.seq < oldest {
+        return refresh("pruned", Some(oldest));
     }
-    Ok(ResumeFrom::Replay { after, head })
+    let checked = match (&after.check, &here) {
+        (Some(_), Some(here)) if *here != after.to_string() => return refresh("history_changed", None),
+        (_, Some(here)) => here.clone(),
+        // Retention removed the commit row of `after` itself (it is the
+        // oldest resumable seq): nothing to check it against.
+        (_, None) => after.to_string(),
+    };
+    Ok(ResumeFrom::Replay {
+        after: after.seq,
+        head,
+        position: checked,
+    })
 }
 
 /// The rows of `table` that `scope` may see, and the watermark they reflect.
-pub async fn snapshot(state: &AppState, scope: &Scope, table: &str) -> Result<(i64, Box<RawValue>), Refusal> {
+pub async fn snapshot(state: &AppState, scope: &Scope, table: &str) -> Result<log::Snapshot, Refusal> {
     check_table(state, scope, table)?;
     match log::snapshot(&state.pool, table, scope).await {
-        Ok(Some((watermark, rows))) => Ok((watermark, RawValue::from_string(rows).expect("the log returns JSON"))),
+        Ok(Some(snapshot)) => Ok(snapshot),
         Ok(None) => {
             let shown: String = table.chars().take(64).collect();
             Err(Refusal::NotFound(format!("table `{shown}` is not tracked")))
@@ -128,4 +139,9 @@ pub async fn snapshot(state: &AppState, scope: &Scope, table: &str) -> Result<(i
             Err(Refusal::Unavailable("the snapshot could not be read"))
         }
     }
+}
+
+/// A snapshot's rows as they go on the wire.
+pub fn raw_rows(rows: String) -> Box<RawValue> {
+    RawValue::from_string(rows).expect("the log returns JSON")
 }

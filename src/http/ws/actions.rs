@@ -11,8 +11,7 @@ use super::session::{End, Protocol, Session};
 use crate::feed::log;
 use crate::filter::Filter;
 use crate::http::verbs::{self, Refusal, ResumeFrom};
-use crate::protocol::{close, Action, ServerMessage};
-use serde_json::value::RawValue;
+use crate::protocol::{close, Action, Position, ServerMessage, Subscription};
 
 impl Session {
     pub(super) async fn on_message<S>(&mut self, socket: &mut S, message: &str) -> Result<(), End>
@@ -35,22 +34,7 @@ impl Session {
                 )
                 .await
             }
-            (Protocol::General, Action::Subscribe(subscription)) => {
-                let filter = Filter::from(subscription);
-                let scope = self.sub.scope.as_ref().expect("authenticated before any action");
-                if let Err(refusal) = verbs::check_filter(&self.state, scope, &filter) {
-                    return self.refuse(socket, refusal).await;
-                }
-                let reply = ServerMessage::Subscribed {
-                    seq: self.sub.last_seq(),
-                    tables: filter.tables.as_ref().map(Cow::Borrowed),
-                    types: filter.types.as_ref().map(Cow::Borrowed),
-                    where_: filter.where_.as_ref().map(Cow::Borrowed),
-                };
-                self.reply(socket, &reply).await?;
-                self.sub.filter = Some(filter);
-                Ok(())
-            }
+            (Protocol::General, Action::Subscribe(subscription)) => self.subscribe(socket, subscription).await,
             (Protocol::General, Action::Unsubscribe { types }) => {
                 match (&types, self.sub.filter.as_mut()) {
                     (Some(types), Some(filter)) => filter.drop_types(types),
@@ -173,24 +157,84 @@ impl Session {
         Ok(())
     }
 
-    /// `resume {after}` (or `?after=`): replay after `after`, then live; a
-    /// position retention has dropped gets `refresh_needed`.
-    pub(super) async fn resume<S>(&mut self, socket: &mut S, after: i64) -> Result<(), End>
+    /// `subscribe {tables?, types?, where?, after?}`: the filter, and with
+    /// `after` the replay after it, in one step: no live event comes before
+    /// the replay, and none twice.
+    async fn subscribe<S>(&mut self, socket: &mut S, subscription: Subscription) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
     {
-        match verbs::resume_from(&self.state, after).await {
-            Ok(ResumeFrom::Replay { after, head }) => {
-                self.reply(socket, &ServerMessage::Resumed { after, head }).await?;
-                self.sub.resume_after(after);
+        let after = subscription.after.clone();
+        let filter = Filter::from(subscription);
+        let scope = self.sub.scope.as_ref().expect("authenticated before any action");
+        if let Err(refusal) = verbs::check_filter(&self.state, scope, &filter) {
+            return self.refuse(socket, refusal).await;
+        }
+        let start = match &after {
+            None => None,
+            Some(after) => match verbs::resume_from(&self.state, after).await {
+                Ok(start) => Some((after.seq, start)),
+                Err(refusal) => return self.refuse(socket, refusal).await,
+            },
+        };
+        let (seq, position) = match &start {
+            Some((_, ResumeFrom::Replay { after, position, .. })) => (*after, Position::parse(position)),
+            _ => (self.sub.last_seq(), Position::parse(self.sub.last_position())),
+        };
+        let reply = ServerMessage::Subscribed {
+            seq,
+            position,
+            tables: filter.tables.as_ref().map(Cow::Borrowed),
+            types: filter.types.as_ref().map(Cow::Borrowed),
+            where_: filter.where_.as_ref().map(Cow::Borrowed),
+        };
+        self.reply(socket, &reply).await?;
+        self.sub.filter = Some(filter);
+        match start {
+            None => Ok(()),
+            Some((_, ResumeFrom::Replay { after, position, .. })) => {
+                self.sub.resume_after(after, &position);
                 Ok(())
             }
-            Ok(ResumeFrom::Pruned { oldest }) => {
-                let message = ServerMessage::refresh_needed("retention", after, Some(oldest));
-                self.reply(socket, &message).await
+            Some((from, ResumeFrom::Refresh { reason, oldest })) => {
+                self.refresh_needed(socket, reason, from, oldest).await
             }
+        }
+    }
+
+    /// `resume {after}` (or `?after=`): replay after `after`, then live. A
+    /// position that cannot be served gets `refresh_needed`, and the stream
+    /// goes on live.
+    pub(super) async fn resume<S>(&mut self, socket: &mut S, after: Position) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        match verbs::resume_from(&self.state, &after).await {
+            Ok(ResumeFrom::Replay { after, head, position }) => {
+                self.reply(socket, &ServerMessage::Resumed { after, head }).await?;
+                self.sub.resume_after(after, &position);
+                Ok(())
+            }
+            Ok(ResumeFrom::Refresh { reason, oldest }) => self.refresh_needed(socket, reason, after.seq, oldest).await,
             Err(refusal) => self.refuse(socket, refusal).await,
         }
+    }
+
+    /// `refresh_needed`: what the client holds after `from` cannot be
+    /// continued; the live stream goes on after the subscriber's position.
+    pub(super) async fn refresh_needed<S>(
+        &mut self,
+        socket: &mut S,
+        reason: &str,
+        from: i64,
+        oldest: Option<i64>,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let position = Position::parse(self.sub.last_position());
+        self.reply(socket, &ServerMessage::refresh_needed(reason, from, oldest, position))
+            .await
     }
 
     /// `snapshot {table}`: the rows as of a watermark; events after it follow.
@@ -200,11 +244,13 @@ impl Session {
     {
         let scope = self.sub.scope.clone().expect("authenticated before any action");
         match verbs::snapshot(&self.state, &scope, table).await {
-            Ok((watermark, rows)) => {
+            Ok(snapshot) => {
+                let watermark = snapshot.watermark;
                 let message = ServerMessage::Snapshot {
                     table: table.into(),
                     seq: watermark,
-                    rows: Cow::Borrowed(&rows),
+                    position: Position::parse(&snapshot.position),
+                    rows: Cow::Owned(verbs::raw_rows(snapshot.rows)),
                 };
                 self.reply(socket, &message).await?;
                 self.sub.set_watermark(table, watermark);
@@ -222,11 +268,13 @@ impl Session {
         // Outside the scope, PEARL's client still gets its first message: no studies.
         let scope = self.sub.scope.clone().expect("authenticated before any message");
         let studies = if scope.allows_table("studies") {
-            verbs::snapshot(&self.state, &scope, "studies").await
+            verbs::snapshot(&self.state, &scope, "studies")
+                .await
+                .map(|snapshot| (snapshot.watermark, verbs::raw_rows(snapshot.rows)))
         } else {
             log::head(&self.state.pool)
                 .await
-                .map(|head| (head, RawValue::from_string("[]".into()).expect("an empty array")))
+                .map(|head| (head, verbs::raw_rows("[]".into())))
                 .map_err(|err| {
                     tracing::error!(connection = %self.id, error = %err, "studies_update");
                     Refusal::Unavailable("the studies could not be read")
@@ -267,7 +315,12 @@ impl Session {
     where
         S: Sink<Message> + Unpin,
     {
-        let message = ServerMessage::refresh_needed("log_unavailable", self.sub.last_seq(), None);
+        let message = ServerMessage::refresh_needed(
+            "log_unavailable",
+            self.sub.last_seq(),
+            None,
+            Position::parse(self.sub.last_position()),
+        );
         self.reply(socket, &message).await
     }
 }

@@ -17,13 +17,13 @@ use serde::Deserialize;
 
 use super::access::{self, Access};
 use super::AppState;
-use crate::protocol::Envelope;
+use crate::protocol::{Envelope, Position};
 use session::{Opening, Protocol, Session};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectQuery {
-    /// Resume right away after this seq (same as a first `resume` message).
-    after: Option<i64>,
+    /// Resume right away after this position (same as a first `resume` message).
+    after: Option<String>,
     /// `event`: the `{"event", "data", "timestamp"}` envelope both ways.
     envelope: Option<String>,
     /// Shadower's workspace: narrows the token's scope to `workspace_id` in these values.
@@ -41,7 +41,10 @@ pub async fn general(
         Some("event") => Envelope::Event,
         Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
     };
-    upgrade(ws, state, query.opening(Protocol::General, envelope, access))
+    match query.opening(Protocol::General, envelope, access) {
+        Ok(opening) => upgrade(ws, state, opening),
+        Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
+    }
 }
 
 /// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
@@ -51,7 +54,10 @@ pub async fn updates(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    upgrade(ws, state, query.opening(Protocol::General, Envelope::Event, access))
+    match query.opening(Protocol::General, Envelope::Event, access) {
+        Ok(opening) => upgrade(ws, state, opening),
+        Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
+    }
 }
 
 pub async fn pearl(
@@ -60,22 +66,29 @@ pub async fn pearl(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    let mut opening = query.opening(Protocol::Pearl, Envelope::Type, access);
-    opening.after = None;
-    upgrade(ws, state, opening)
+    let query = ConnectQuery { after: None, ..query };
+    match query.opening(Protocol::Pearl, Envelope::Type, access) {
+        Ok(opening) => upgrade(ws, state, opening),
+        Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
+    }
 }
 
 impl ConnectQuery {
     /// How a connection with this query was opened.
-    fn opening(&self, protocol: Protocol, envelope: Envelope, access: Access) -> Opening {
-        let query = self;
-        Opening {
+    /// How a connection with this query was opened; 400 for an `after` that is no position.
+    fn opening(&self, protocol: Protocol, envelope: Envelope, access: Access) -> Result<Opening, &'static str> {
+        let after = match self.after.as_deref().map(Position::parse) {
+            None => None,
+            Some(Some(after)) => Some(after),
+            Some(None) => return Err("after must be a seq (1234) or a position (1234.9f86d081)"),
+        };
+        Ok(Opening {
             protocol,
             envelope,
-            after: query.after,
+            after,
             access,
-            workspace: query.workspace_id.as_deref().map(access::workspace_ids),
-        }
+            workspace: self.workspace_id.as_deref().map(access::workspace_ids),
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use crate::feed::subscriber::{Next, Subscriber};
 use crate::filter::Filter;
 use crate::http::access::{until, Access};
 use crate::http::AppState;
-use crate::protocol::{close, Envelope, ServerMessage};
+use crate::protocol::{close, Envelope, Position, ServerMessage};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum Protocol {
 pub struct Opening {
     pub protocol: Protocol,
     pub envelope: Envelope,
-    pub after: Option<i64>,
+    pub after: Option<Position>,
     pub access: Access,
     /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
     pub workspace: Option<Vec<serde_json::Value>>,
@@ -171,9 +171,10 @@ impl Session {
                 let hello = ServerMessage::Connected {
                     connection_id: self.id,
                     seq: self.sub.last_seq(),
+                    position: Position::parse(self.sub.last_position()),
                 };
                 self.reply(socket, &hello).await?;
-                if let Some(after) = opening.after {
+                if let Some(after) = opening.after.clone() {
                     Box::pin(self.resume(socket, after)).await?;
                 }
             }
@@ -244,6 +245,10 @@ impl Session {
                             }
                             Next::LogUnavailable => {
                                 self.log_unavailable(socket).await?;
+                                break;
+                            }
+                            Next::HistoryChanged { from } => {
+                                self.refresh_needed(socket, "history_changed", from, None).await?;
                                 break;
                             }
                         }

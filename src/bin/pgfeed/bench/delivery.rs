@@ -97,7 +97,10 @@ pub async fn run(setup: &Setup, keepup: bool, replay: bool) -> Result<Vec<Figure
 async fn replay_once(ws: &str, subscribe: &str, start: i64, committed: i64) -> Result<(i64, Duration)> {
     let (mut resumer, _) = tokio_tungstenite::connect_async(ws).await?;
     resumer.send(Message::Text(subscribe.into())).await?;
-    let resume = pgfeed::protocol::Action::Resume { after: start }.encode();
+    let resume = pgfeed::protocol::Action::Resume {
+        after: pgfeed::protocol::Position::unchecked(start),
+    }
+    .encode();
     let started = std::time::Instant::now();
     resumer.send(Message::Text(resume.into())).await?;
     let mut events = 0i64;
