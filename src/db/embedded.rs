@@ -85,6 +85,62 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A streaming standby of `primary` (asynchronous): `pg_basebackup -R`
+    /// into `base/data` unless a cluster is there already, then started on a
+    /// port of its own. For tests of failover and of reading from standbys.
+    pub fn start_standby(primary: &Cluster, base: &Path, durability: Durability) -> Result<Cluster> {
+        let base = usable_base(base, primary.run_as.as_ref())?;
+        let data_dir = base.join("data");
+        let socket_dir = base.join("run");
+        fs::create_dir_all(&socket_dir)?;
+        if let Some(user) = &primary.run_as {
+            chown(&base, user)?;
+            chown(&socket_dir, user)?;
+        }
+        if !data_dir.join("PG_VERSION").exists() {
+            fs::create_dir_all(&data_dir)?;
+            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))?;
+            if let Some(user) = &primary.run_as {
+                chown(&data_dir, user)?;
+            }
+            let mut cmd = Command::new(tool("pg_basebackup"));
+            cmd.arg("-D")
+                .arg(&data_dir)
+                .arg("-d")
+                .arg(format!("host=127.0.0.1 port={} user=postgres", primary.port))
+                .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+                .current_dir(&data_dir);
+            as_user(&mut cmd, primary.run_as.as_ref());
+            let out = cmd.output().context("running pg_basebackup")?;
+            if !out.status.success() {
+                bail!("pg_basebackup failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let mut standby = Cluster {
+            bin_dir: primary.bin_dir.clone(),
+            data_dir,
+            socket_dir,
+            port: free_port()?,
+            run_as: primary.run_as.clone(),
+            durability,
+            postmaster: None,
+        };
+        standby.launch()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) -> Result<()> {
+        let mut cmd = Command::new(tool("pg_ctl"));
+        cmd.arg("promote").arg("-w").arg("-D").arg(&self.data_dir);
+        as_user(&mut cmd, self.run_as.as_ref());
+        let out = cmd.output().context("running pg_ctl promote")?;
+        if !out.status.success() {
+            bail!("pg_ctl promote failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// A URL for database `name` on this cluster.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
@@ -175,9 +231,13 @@ impl Cluster {
                 }
             }
             // The postmaster writes its state on the 8th line of postmaster.pid;
-            // "ready" means it accepts connections.
+            // "ready" (a standby: "standby") means it accepts connections.
             let pid_file = fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
-            if pid_file.lines().nth(7).is_some_and(|status| status.trim() == "ready") {
+            if pid_file
+                .lines()
+                .nth(7)
+                .is_some_and(|status| matches!(status.trim(), "ready" | "standby"))
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -203,6 +263,23 @@ fn libc_prctl_pdeathsig() -> i32 {
     }
     // SAFETY: plain syscall wrapper with integer arguments.
     unsafe { prctl(1, Signal::SIGINT as u64, 0, 0, 0) }
+}
+
+/// The path of Postgres tool `name` (`pg_basebackup`, `pg_dump`, …) that goes
+/// with the server binaries: beside them, beside what they link to (a PATH
+/// folder may link only `initdb` and `postgres`), or else on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let Ok(bin_dir) = find_bin_dir() else {
+        return PathBuf::from(name);
+    };
+    let linked = fs::canonicalize(bin_dir.join("postgres"))
+        .ok()
+        .and_then(|real| real.parent().map(|dir| dir.join(name)));
+    [Some(bin_dir.join(name)), linked]
+        .into_iter()
+        .flatten()
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The folder holding `initdb` and `postgres`: from PATH first, then Debian's
