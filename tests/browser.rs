@@ -240,3 +240,50 @@ async fn client_js_resumes_after_a_forced_disconnect_with_every_seq_once() {
     page.close().await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// client.js over a slow, flaky link (150 ms each way, connections reset
+/// mid-stream) under a steady writer: it subscribes and resumes in one
+/// message, so the application receives every seq once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_js_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let link = common::SlowLink::start(server.addr.port(), Duration::from_millis(150)).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("slow-link").await;
+    page.goto(&format!("http://127.0.0.1:{}/", link.port)).await.unwrap();
+    wait_for(&page, "#badge[data-state='connected']").await;
+    let start = db.scalar_i64("SELECT pgfeed.head()").await;
+
+    // A writer at about 50 transactions a second.
+    let writer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            for i in 0..150 {
+                sqlx::query("INSERT INTO studies (study_label) VALUES ($1)")
+                    .bind(format!("steady-{i}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        link.reset_existing();
+    }
+    writer.await.unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker-slow')")
+        .await;
+    wait_for_study(&page, "marker-slow").await;
+    let events = page_events(&page).await;
+    common::assert_matches_log(&db, &events, start).await;
+    assert_eq!(
+        events.iter().filter(|e| e.get("derived").is_none()).count(),
+        151,
+        "every event of 150 transactions and the marker, once"
+    );
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

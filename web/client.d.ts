@@ -11,8 +11,8 @@ export interface FeedOptions {
   where?: Record<string, unknown>;
   /** A JWT, when the server requires one. */
   token?: string;
-  /** Start after this seq (replayed from the log) instead of now. */
-  after?: number;
+  /** Start after this position (a seq, or a checked position like "1234.9f86d081"), replayed from the log, instead of now. */
+  after?: number | string;
   /** Poll interval while disconnected, in ms (default 30000). */
   poll?: number;
 }
@@ -29,6 +29,8 @@ export interface FeedEvent<Row = Record<string, unknown>> {
   timestamp: string;
   tx_index: number;
   tx_size: number;
+  /** The checked position of the event's transaction ("<seq>.<check>"): what a resume names. */
+  position?: string;
   unresolved_count?: number;
   derived?: boolean;
 }
@@ -37,6 +39,18 @@ export interface Snapshot<Row = Record<string, unknown>> {
   rows: Row[];
   /** Every transaction up to this seq is in the rows; events after it follow. */
   seq: number;
+  /** The same, as a checked position. */
+  position?: string;
+}
+
+/** After `refresh_needed`: the application's snapshots, read again; events after them follow. */
+export interface Reset {
+  /** `history_changed` (reinstall, restore, failover), `pruned`, `ahead` or `log_unavailable`. */
+  reason: string;
+  /** Where the stream goes on. */
+  position: string | number;
+  /** Each table the application took a snapshot of, as it is now. */
+  snapshots: Record<string, Snapshot>;
 }
 
 export interface PollResult<Row = Record<string, unknown>> {
@@ -51,6 +65,9 @@ export declare class Feed {
   on(pattern: "state", fn: (state: ConnectionState) => void): () => void;
   on(pattern: "poll", fn: (result: PollResult) => void): () => void;
   on(pattern: "error" | "refresh_needed", fn: (message: { type: string; [key: string]: unknown }) => void): () => void;
+  on(pattern: "reset", fn: (reset: Reset) => void): () => void;
+  /** The checked position after which every event was delivered. */
+  readonly resumePosition: string | number | null;
   /** A type (`study_created`), a prefix (`study_*`) or everything (`*`). */
   on(pattern: string, fn: (event: FeedEvent) => void): () => void;
   snapshot<Row = Record<string, unknown>>(table: string): Promise<Snapshot<Row>>;

@@ -6,9 +6,14 @@
 //   feed.on("state", (state) => console.log(state)); // connecting, connected, reconnecting, offline
 //
 // It reconnects by itself (1, 2, 4, 8, 16, 30 s plus jitter) and resumes from
-// where the delivered stream stands: every event once, in commit order, none
-// missed. While the socket is down it polls GET /api/v1/<table> every 30 s and
-// hands the rows to `on("poll")`, so a view can stay roughly current.
+// where the delivered stream stands, with one `subscribe {…, after}` message
+// naming its checked position: every event once, in commit order, none missed.
+// When the server says that position cannot be continued (`refresh_needed`:
+// another history after a reinstall, restore or failover; pruned; ahead), it
+// re-reads the snapshots the application asked for and emits `reset` with
+// them, then goes on from where the server does. While the socket is down it
+// polls GET /api/v1/<table> every 30 s and hands the rows to `on("poll")`, so
+// a view can stay roughly current.
 
 const BACKOFF = [1, 2, 4, 8, 16, 30];
 
@@ -26,8 +31,15 @@ export class Feed {
     this.options = options;
     this.handlers = new Map();
     this.state = "connecting";
-    /** The seq of the last event delivered, and how many events of it were. */
-    this.position = { seq: options.after ?? null, delivered: 0, skip: 0 };
+    /**
+     * Where the delivered stream stands: `whole`, the checked position after
+     * which nothing is missing; `open`, the transaction being delivered (its
+     * seq, its position, how many of its events were delivered); `skip`, how
+     * many of the open transaction's events a resume brings again.
+     */
+    this.position = { whole: options.after ?? null, open: null, skip: 0 };
+    /** The tables whose snapshot the application asked for: re-read on `refresh_needed`. */
+    this.snapshots = new Set();
     this.failures = 0;
     this.pending = new Map(); // snapshot table -> [resolve, reject]
     this.closed = false;
@@ -43,10 +55,16 @@ export class Feed {
 
   /** The rows of `table` and the seq they reflect; events after it follow (exact handoff). */
   snapshot(table) {
+    this.snapshots.add(table);
     return new Promise((resolve, reject) => {
       this.pending.set(table, [resolve, reject]);
       this.#send({ action: "snapshot", table });
     });
+  }
+
+  /** The checked position after which every event was delivered (what a resume names). */
+  get resumePosition() {
+    return this.position.whole;
   }
 
   /** Reconnects now (the badge's button). */
@@ -99,7 +117,7 @@ export class Feed {
     if (this.closed) return;
     const url = new URL(this.url);
     if (this.options.token) url.searchParams.set("token", this.options.token);
-    this.#setState(this.failures === 0 && this.position.seq === null ? "connecting" : this.state);
+    this.#setState(this.failures === 0 && this.position.whole === null ? "connecting" : this.state);
     const socket = new WebSocket(url);
     this.socket = socket;
     socket.onmessage = (message) => this.#onMessage(JSON.parse(message.data));
@@ -116,32 +134,29 @@ export class Feed {
   #onMessage(message) {
     switch (message.type) {
       case "connected": {
+        // Subscribe and resume in one message: no live event comes before the replay.
         const subscription = { action: "subscribe" };
         for (const key of ["tables", "types", "where"]) {
           if (this.options[key]) subscription[key] = this.options[key];
         }
+        const { whole, open } = this.position;
+        if (whole !== null) subscription.after = whole;
+        // What of the open transaction was delivered comes again: dropped.
+        this.position.skip = open ? open.delivered : 0;
         this.#send(subscription);
         return;
       }
-      case "subscribed": {
-        const { seq, delivered } = this.position;
-        if (seq !== null) {
-          // Continue from the transaction of the last event delivered, dropping what of it was.
-          this.position.skip = delivered;
-          this.#send({ action: "resume", after: delivered > 0 ? seq - 1 : seq });
-        } else {
-          this.position.seq = message.seq;
-          this.#live();
-        }
+      case "subscribed":
+        if (this.position.whole === null) this.position.whole = message.position ?? message.seq;
+        this.#live();
         return;
-      }
       case "resumed":
         this.#live();
         return;
       case "snapshot": {
         const waiting = this.pending.get(message.table);
         this.pending.delete(message.table);
-        if (waiting) waiting[0]({ rows: message.rows, seq: message.seq });
+        if (waiting) waiting[0]({ rows: message.rows, seq: message.seq, position: message.position });
         return;
       }
       case "pong":
@@ -157,18 +172,54 @@ export class Feed {
         return;
       }
       case "refresh_needed":
-        this.#emit("refresh_needed", message);
+        this.#recover(message);
         return;
     }
     if (message.seq === undefined || message.table === undefined) return;
-    const position = this.position;
-    if (message.seq === position.seq && position.skip > 0) {
-      position.skip -= 1;
-      return;
-    }
-    if (message.seq === position.seq) position.delivered += 1;
-    else Object.assign(position, { seq: message.seq, delivered: 1, skip: 0 });
+    if (this.#seen(message)) return;
     this.#dispatch(message);
+  }
+
+  /** Notes an event in the delivered stream; true when it was delivered already. */
+  #seen(event) {
+    const position = this.position;
+    const open = position.open;
+    if (open && open.seq === event.seq) {
+      if (position.skip > 0) {
+        position.skip -= 1;
+        return true;
+      }
+      open.delivered += 1;
+    } else {
+      // A new transaction: the one before it is done (what of it is missing was filtered out).
+      if (open) position.whole = open.position ?? open.seq;
+      position.open = { seq: event.seq, position: event.position, delivered: 1 };
+      position.skip = 0;
+    }
+    if (event.tx_index + 1 === event.tx_size) {
+      position.whole = event.position ?? event.seq;
+      position.open = null;
+    }
+    return false;
+  }
+
+  /**
+   * The server cannot continue from where the stream stood: it goes on after
+   * `message.position`. The application's snapshots are read again and handed
+   * over with `reset`, so what it shows is exact again.
+   */
+  async #recover(message) {
+    this.#emit("refresh_needed", message);
+    this.position = { whole: message.position ?? message.seq, open: null, skip: 0 };
+    const snapshots = {};
+    for (const table of this.snapshots) {
+      try {
+        snapshots[table] = await this.snapshot(table);
+      } catch (err) {
+        console.warn("pgfeed: re-reading", table, err);
+      }
+    }
+    this.#emit("reset", { reason: message.reason, position: this.position.whole, snapshots });
   }
 
   #live() {

@@ -165,6 +165,16 @@ feed.on("state", (state) => {
   }
 });
 $("#reconnect").addEventListener("click", () => feed.reconnect());
+// The server could not continue from where the feed stood (another history
+// after a reinstall, restore or failover; or a gap): the tables are exact again
+// from the snapshots the client re-read; tables not yet shown load afresh.
+feed.on("reset", ({ snapshots }) => {
+  for (const [table, view] of views) {
+    if (snapshots[table]) view.load(snapshots[table]);
+    else load(table);
+  }
+  render();
+});
 feed.on("poll", (snapshot) => views.get(snapshot.table)?.load(snapshot));
 
 // Events: to the views and to the latest-events panel.

@@ -73,3 +73,86 @@ async fn pipe(
         }
     }
 }
+
+/// A TCP proxy that delays every byte by `delay` each way (a slow link:
+/// throughput unchanged, latency added), and can reset every connection it
+/// carries, as a flaky network does.
+pub struct SlowLink {
+    pub port: u16,
+    generation: std::sync::Arc<AtomicUsize>,
+}
+
+impl SlowLink {
+    pub async fn start(target: u16, delay: Duration) -> SlowLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = std::sync::Arc::new(AtomicUsize::new(0));
+        let gen = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let born = gen.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(delayed(client_read, server_write, delay, gen.clone(), born));
+                tokio::spawn(delayed(server_read, client_write, delay, gen.clone(), born));
+            }
+        });
+        SlowLink { port, generation }
+    }
+
+    /// Every connection open now is closed (both ends see it end); new ones go through.
+    pub fn reset_existing(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read, until either
+/// end closes or the link is reset.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    generation: std::sync::Arc<AtomicUsize>,
+    born: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let alive = move || generation.load(Ordering::SeqCst) == born;
+    let writer = {
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            while let Some((at, chunk)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                if !alive() || to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await;
+        if !alive() {
+            break;
+        }
+        match read {
+            Err(_elapsed) => continue,
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => {
+                if chunks
+                    .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    drop(chunks);
+    // What was read before the end still arrives, unless the link was reset.
+    let _ = writer.await;
+}
