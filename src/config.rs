@@ -34,6 +34,12 @@ pub mod defaults {
     /// 1ms (a tick with its commit's flush already takes about that), 1.14-1.16
     /// at 2ms; `bench latency --clients 10` p50: 1.12, 0.99 and 2.36 ms.
     pub const TICK_INTERVAL: &str = "1ms";
+    /// A tick takes milliseconds; a leader whose committed transactions wait
+    /// seconds is hung. Followers check once a second.
+    pub const STALL_TIMEOUT: &str = "5s";
+    /// How many transactions this instance's delivery may be behind the log
+    /// before /readyz says it lags (a tick delivers all it sequenced at once).
+    pub const MAX_LAG: i64 = 10_000;
     pub const MAX_MESSAGE_RATE: u32 = 20;
     pub const MAX_SUBSCRIPTIONS: usize = 256;
     pub const AUTH_TIMEOUT: &str = "5s";
@@ -94,6 +100,12 @@ pub struct ServeArgs {
     /// longer costs the writers less and adds up to that much latency (e.g. 0, 1ms, 5ms).
     #[arg(long, env = "PGFEED_TICK_INTERVAL", default_value = defaults::TICK_INTERVAL, value_parser = parse_duration)]
     pub tick_interval: Duration,
+
+    /// How long committed transactions may wait for a seq before /readyz says
+    /// sequencing is stalled and another instance ends the session of the
+    /// leader that holds the lead without ticking (a hung process or host).
+    #[arg(long, env = "PGFEED_STALL_TIMEOUT", default_value = defaults::STALL_TIMEOUT, value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 
     /// Database connections for snapshots and log reads.
     #[arg(long, env = "PGFEED_DB_POOL", default_value_t = defaults::DB_POOL)]

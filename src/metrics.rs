@@ -70,6 +70,15 @@ pub struct Metrics {
     /// Read at each scrape: rows in pgfeed.events, and the oldest seq a client can resume from.
     pub log_rows: Gauge,
     pub log_oldest_seq: Gauge,
+    /// Milliseconds the oldest committed transaction has waited for its seq,
+    /// read at each scrape and each quiet check: a sequencer that stalls shows here.
+    pub unsequenced_age_ms: Gauge,
+    /// 1 while this instance holds the lead and ticks.
+    pub leader: Gauge,
+    /// When this instance last ticked, in seconds since 1970 (0: never).
+    pub last_tick_timestamp: Gauge,
+    /// Times this instance ended a hung leader's session to take the lead.
+    pub leaders_fenced: Counter,
     /// Seconds from a transaction's last logged row to the listener handing its
     /// events to the hub: about commit → publish for a short transaction; the
     /// sequencer's share of what clients wait.
@@ -146,6 +155,10 @@ impl Default for Metrics {
             "pgfeed_forbidden",
             "Requests refused for a table or row outside the token's scope",
         );
+        let leaders_fenced = counter(
+            "pgfeed_leaders_fenced",
+            "Times this instance ended a hung leader's session to take the lead",
+        );
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
@@ -168,6 +181,15 @@ impl Default for Metrics {
         let log_oldest_seq = gauge(
             "pgfeed_log_oldest_seq",
             "The oldest seq a client can resume after, read at scrape time",
+        );
+        let unsequenced_age_ms = gauge(
+            "pgfeed_unsequenced_age_milliseconds",
+            "How long the oldest committed transaction has waited for its seq, read at scrapes and quiet checks",
+        );
+        let leader = gauge("pgfeed_leader", "1 while this instance holds the lead and ticks");
+        let last_tick_timestamp = gauge(
+            "pgfeed_last_tick_timestamp_seconds",
+            "When this instance last ticked, in seconds since 1970 (0: never)",
         );
         let connections_open = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         registry.register(
@@ -211,6 +233,10 @@ impl Default for Metrics {
             notification_queue_usage_permille,
             log_rows,
             log_oldest_seq,
+            unsequenced_age_ms,
+            leader,
+            last_tick_timestamp,
+            leaders_fenced,
             write_to_publish,
             registry,
         }

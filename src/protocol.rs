@@ -301,6 +301,14 @@ pub enum ServerMessage<'a> {
         position: Option<Position>,
     },
     Pong,
+    /// Sent at every heartbeat: the newest transaction this instance has
+    /// delivered, so a client can tell a quiet feed (the same seq it holds)
+    /// from one it fell behind (a larger one).
+    Heartbeat {
+        seq: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+    },
     Subscribed {
         seq: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,6 +448,7 @@ impl ServerMessage<'_> {
             ServerMessage::AuthOk { .. } => "auth_ok",
             ServerMessage::Connected { .. } => "connected",
             ServerMessage::Pong => "pong",
+            ServerMessage::Heartbeat { .. } => "heartbeat",
             ServerMessage::Subscribed { .. } => "subscribed",
             ServerMessage::Unsubscribed { .. } => "unsubscribed",
             ServerMessage::Resumed { .. } => "resumed",
@@ -559,6 +568,10 @@ mod tests {
                 position: Position::parse("3.0000abcd"),
             },
             ServerMessage::Pong,
+            ServerMessage::Heartbeat {
+                seq: 5,
+                position: Position::parse("5.0000abcd"),
+            },
             ServerMessage::Subscribed {
                 seq: 1,
                 position: None,

@@ -95,6 +95,7 @@ impl TryFrom<&ServeArgs> for Settings {
                 max_subscriptions: args.max_subscriptions,
                 auth_timeout: args.auth_timeout,
                 allowed_origins: args.allowed_origins.clone(),
+                stall_timeout: args.stall_timeout,
             },
             auth: auth.map(Arc::new),
             insecure: args.insecure,
@@ -171,6 +172,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         &state.feed,
         state.ready.clone(),
         settings.tick_interval,
+        settings.limits.stall_timeout,
     );
     listener.start_at_head().await.context("reading the start position")?;
     let token = shutdown.clone();

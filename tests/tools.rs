@@ -171,6 +171,7 @@ fn every_server_message_type() -> Vec<String> {
         },
         ServerMessage::AuthOk { expires_at: 0 },
         ServerMessage::Pong,
+        ServerMessage::Heartbeat { seq: 0, position: None },
         ServerMessage::Subscribed {
             seq: 0,
             position: None,
@@ -198,6 +199,7 @@ fn every_server_message_type() -> Vec<String> {
             ServerMessage::Connected { .. }
             | ServerMessage::AuthOk { .. }
             | ServerMessage::Pong
+            | ServerMessage::Heartbeat { .. }
             | ServerMessage::Subscribed { .. }
             | ServerMessage::Unsubscribed { .. }
             | ServerMessage::Resumed { .. }

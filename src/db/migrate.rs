@@ -64,6 +64,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "positions name their history; a log from another cluster is adopted",
             sql: include_str!("../../migrations/capture/0007_positions_name_their_history.sql"),
         },
+        Migration {
+            version: 8,
+            description: "a stalled sequencer is seen, and its leader fenced",
+            sql: include_str!("../../migrations/capture/0008_stalls_are_seen.sql"),
+        },
     ],
 };
 

@@ -174,6 +174,12 @@ impl Hub {
         self.shared.head.load(Ordering::SeqCst)
     }
 
+    /// The last transaction published whole, and its checked position.
+    pub fn head_and_position(&self) -> (i64, Arc<str>) {
+        let ring = self.shared.ring.read().expect("hub ring lock");
+        (self.shared.head.load(Ordering::SeqCst), ring.head_position.clone())
+    }
+
     /// A cursor at the live end of the ring, and the head it starts after
     /// with its position: every event after that head is the cursor's to read.
     pub fn subscribe(&self) -> (Cursor, i64, Arc<str>) {

@@ -84,8 +84,16 @@ enum Stop {
 }
 
 impl Listener {
-    /// The listener that keeps `feed` current from the database at `url`.
-    pub fn new(url: String, feed: &Feed, ready: Arc<AtomicBool>, tick_interval: Duration) -> Listener {
+    /// The listener that keeps `feed` current from the database at `url`;
+    /// `stall_timeout`: how long committed transactions may wait for a seq
+    /// before a follower ends the leader's session.
+    pub fn new(
+        url: String,
+        feed: &Feed,
+        ready: Arc<AtomicBool>,
+        tick_interval: Duration,
+        stall_timeout: Duration,
+    ) -> Listener {
         Listener {
             url,
             pool: feed.pool.clone(),
@@ -96,7 +104,7 @@ impl Listener {
             last_seq: 0,
             last_position: "0".into(),
             partial: None,
-            sequencer: Sequencer::new(tick_interval),
+            sequencer: Sequencer::new(tick_interval, stall_timeout),
             work: WorkLimit::default(),
             previous_backends: Vec::new(),
             pearl: feed.pearl.clone(),
@@ -205,12 +213,20 @@ impl Listener {
     /// commits starts another history, whose seqs name other transactions.
     /// Then the feed starts over at the new history's head, and every
     /// subscriber is told (`refresh_needed`, `history_changed`). Returns the head.
-    async fn verify_history(&mut self) -> sqlx::Result<i64> {
+    async fn verify_history(&mut self) -> sqlx::Result<log::Standing> {
         let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
-        let (head, here) = self.work.bound(log::head_and_position(reader, self.last_seq)).await?;
-        let changed = head < self.last_seq || here.is_some_and(|here| *here != *self.last_position);
+        let standing = self.work.bound(log::standing(reader, self.last_seq)).await?;
+        self.metrics
+            .unsequenced_age_ms
+            .set(standing.unsequenced.as_millis() as i64);
+        let head = standing.head;
+        let changed = head < self.last_seq
+            || standing
+                .position
+                .as_ref()
+                .is_some_and(|here| **here != *self.last_position);
         if !changed {
-            return Ok(head);
+            return Ok(standing);
         }
         tracing::warn!(
             seq = self.last_seq,
@@ -222,7 +238,10 @@ impl Listener {
             .await
             .map_err(|err| sqlx::Error::Protocol(format!("reading the new history's head: {err:#}")))?;
         self.hub.reset(self.last_seq, self.last_position.clone());
-        Ok(self.last_seq)
+        Ok(log::Standing {
+            head: self.last_seq,
+            ..standing
+        })
     }
 
     /// Ends this instance's previous backends if they linger, then tries for
@@ -327,8 +346,17 @@ impl Listener {
 
     /// A tick that reads what it sequenced in the same round trip, then
     /// publishes it; true when it gave seqs.
-    async fn tick_and_publish(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
+    /// Counts a tick and when it ran.
+    fn note_tick(&self) {
         self.metrics.ticks.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics.last_tick_timestamp.set(now);
+    }
+
+    async fn tick_and_publish(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
+        self.note_tick();
         let before = self.last_seq;
         if self.partial.is_some() {
             // A transaction published in part: the catch-up knows how to continue it.
@@ -366,13 +394,26 @@ impl Listener {
     async fn quiet_check(&mut self, listener: &mut PgListener) -> sqlx::Result<()> {
         if self.sequencer.leads() {
             let before = self.sequencer.before_tick();
+            self.note_tick();
             self.work.bound(log::tick(&mut *listener, before)).await?;
         } else if self.sequencer.take_over_if_free(listener).await? {
             tracing::info!(seq = self.last_seq, "this listener now ticks");
         }
-        if self.verify_history().await? > self.last_seq {
+        let standing = self.verify_history().await?;
+        if standing.head > self.last_seq {
             self.catch_up().await?;
         }
+        // Committed transactions waiting on a leader that holds the lead and does not tick.
+        if self.sequencer.fence_hung_leader(listener, standing.unsequenced).await? {
+            self.metrics.leaders_fenced.inc();
+            tracing::warn!(
+                seq = self.last_seq,
+                waited = ?standing.unsequenced,
+                leads = self.sequencer.leads(),
+                "ended the session of a leader that held the lead without ticking"
+            );
+        }
+        self.metrics.leader.set(i64::from(self.sequencer.leads()));
         Ok(())
     }
 

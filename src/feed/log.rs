@@ -249,10 +249,28 @@ pub async fn bounds(pool: &PgPool, seq: i64) -> sqlx::Result<(i64, i64, Option<S
         .await
 }
 
-/// The head, and the checked position of `seq` in this history (see [`bounds`]).
-pub async fn head_and_position<'e>(db: impl PgExecutor<'e>, seq: i64) -> sqlx::Result<(i64, Option<String>)> {
-    sqlx::query_as("SELECT pgfeed.head(), pgfeed.position($1)")
-        .bind(seq)
-        .fetch_one(db)
-        .await
+/// What a listener checks on a quiet connection, in one round trip.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The newest seq.
+    pub head: i64,
+    /// The checked position of the seq asked about in this history (see [`bounds`]).
+    pub position: Option<String>,
+    /// How long the oldest committed transaction has waited for its seq (migrations/capture/0008).
+    pub unsequenced: std::time::Duration,
+}
+
+/// The head, the checked position of `seq`, and how long sequencing is behind.
+pub async fn standing<'e>(db: impl PgExecutor<'e>, seq: i64) -> sqlx::Result<Standing> {
+    let (head, position, unsequenced_ms): (i64, Option<String>, i64) = sqlx::query_as(
+        "SELECT pgfeed.head(), pgfeed.position($1), (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8",
+    )
+    .bind(seq)
+    .fetch_one(db)
+    .await?;
+    Ok(Standing {
+        head,
+        position,
+        unsequenced: std::time::Duration::from_millis(unsequenced_ms.max(0) as u64),
+    })
 }

@@ -155,10 +155,13 @@ pub struct Sequencer {
     rate: Rate,
     /// Shortest time from one busy tick's start to the next (`--tick-interval`).
     tick_interval: Duration,
+    /// How long committed transactions may wait for a seq before a follower
+    /// ends the leader's session (`--stall-timeout`).
+    stall_timeout: Duration,
 }
 
 impl Sequencer {
-    pub fn new(tick_interval: Duration) -> Sequencer {
+    pub fn new(tick_interval: Duration, stall_timeout: Duration) -> Sequencer {
         Sequencer {
             leader: false,
             waiting: false,
@@ -167,6 +170,7 @@ impl Sequencer {
             empty_ticks: EMPTY_TICKS_WHEN_BUSY,
             rate: Rate::new(Instant::now()),
             tick_interval,
+            stall_timeout,
         }
     }
 
@@ -209,6 +213,42 @@ impl Sequencer {
             unshare_lock(listener, FOLLOWER_LOCK).await?;
         }
         Ok(self.leader)
+    }
+
+    /// A follower that sees committed transactions wait longer than the stall
+    /// timeout ends the session holding the lead (a leader alive but hung:
+    /// its process stopped, its host frozen), then takes the lead. Postgres
+    /// fences the old leader: its next tick finds its connection gone, and it
+    /// comes back as a follower. True when it ended a session (this listener
+    /// takes the lead as soon as the session's locks are gone).
+    pub async fn fence_hung_leader(&mut self, listener: &mut PgListener, unsequenced: Duration) -> sqlx::Result<bool> {
+        if self.leader || unsequenced <= self.stall_timeout {
+            return Ok(false);
+        }
+        let end = sqlx::query_scalar::<_, bool>(
+            "SELECT pg_terminate_backend(pid) FROM (SELECT pgfeed.leader_pid() AS pid) l WHERE pid IS NOT NULL",
+        )
+        .fetch_optional(&mut *listener);
+        match within(ROUND_TRIP_TIMEOUT, end).await {
+            Ok(Some(true)) => {}
+            // Nobody holds the lead (it was let go meanwhile), or the session was already ending.
+            Ok(_) => return Ok(false),
+            // Not allowed to (another role, without pg_signal_backend): /readyz says stalled.
+            Err(sqlx::Error::Database(err)) => {
+                tracing::warn!(error = %err, "cannot end the session of a leader that does not tick");
+                return Ok(false);
+            }
+            Err(err) => return Err(err),
+        }
+        // The ended backend lets go of its locks as it exits; the next quiet
+        // check tries again if it has not yet.
+        for _ in 0..20 {
+            if self.take_over_if_free(listener).await? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(true)
     }
 
     /// How long a listener that is not ticking waits for a notification

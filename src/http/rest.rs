@@ -1,6 +1,7 @@
 //! Plain HTTP: health, readiness, metrics, and table snapshots for polling clients.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -8,34 +9,70 @@ use axum::response::{IntoResponse, Response};
 
 use super::access::Access;
 use super::{verbs, ApiError, AppState};
+use crate::config::defaults;
 use crate::protocol::{Envelope, Position, ServerMessage};
 
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready while the listener is connected and caught up with the log.
+/// Ready while this instance can deliver: its listener connected and caught
+/// up, the sequencer not stalled, its delivery not far behind the log. Not
+/// ready: 503 with the reason.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "listener not connected or catching up").into_response()
+    match unready_reason(&state).await {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
+}
+
+/// Why this instance cannot deliver now, if it cannot.
+async fn unready_reason(state: &AppState) -> Option<String> {
+    if !state.ready.load(Ordering::SeqCst) {
+        return Some("listener not connected or catching up".into());
+    }
+    let read = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()",
+    )
+    .fetch_one(&state.pool);
+    let (unsequenced_ms, head) = match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "/readyz: reading the log's standing");
+            return Some("the database cannot be read".into());
+        }
+        Err(_) => return Some("the database does not answer within 2 s".into()),
+    };
+    state.metrics.unsequenced_age_ms.set(unsequenced_ms);
+    let waited = Duration::from_millis(unsequenced_ms.max(0) as u64);
+    if waited > state.limits.stall_timeout {
+        return Some(format!(
+            "sequencing stalled: a committed transaction has waited {:.1} s for its seq",
+            waited.as_secs_f64()
+        ));
+    }
+    let behind = head - state.feed.hub.head();
+    if behind > defaults::MAX_LAG {
+        return Some(format!("delivery lags the log by {behind} transactions"));
+    }
+    None
 }
 
 /// `GET /metrics`: every figure, with the database's own read at scrape time
 /// (a failed read leaves the last value; the scrape still answers).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let read: sqlx::Result<(f64, f64, i64)> = sqlx::query_as(
+    let read: sqlx::Result<(f64, f64, i64, i64)> = sqlx::query_as(
         "SELECT pg_notification_queue_usage(),
                 (SELECT reltuples FROM pg_class WHERE oid = 'pgfeed.events'::regclass)::float8,
-                (SELECT pruned_through FROM pgfeed.retention)",
+                (SELECT pruned_through FROM pgfeed.retention),
+                (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8",
     )
     .fetch_one(&state.pool)
     .await;
     match read {
-        Ok((queue, rows, oldest)) => {
+        Ok((queue, rows, oldest, unsequenced_ms)) => {
             let metrics = &state.metrics;
+            metrics.unsequenced_age_ms.set(unsequenced_ms);
             metrics.notification_queue_usage_permille.set((queue * 1000.0) as i64);
             metrics.log_rows.set(rows.max(0.0) as i64);
             metrics.log_oldest_seq.set(oldest);

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -122,49 +122,61 @@ pub async fn events(
     // The permit and the open-connection count go with the stream, when the client leaves.
     let permit = (permit, state.metrics.connection_opened("sse"));
     let metrics = state.metrics.clone();
-    let live = stream::unfold((sub, permit, false), move |(mut sub, permit, done)| {
-        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
-        async move {
-            if done {
-                return None;
+    // A heartbeat event (it keeps proxies from closing an idle stream, too)
+    // says which transaction this instance has delivered up to.
+    let every = state.limits.heartbeat;
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let hub = state.feed.hub.clone();
+    let live = stream::unfold(
+        (sub, permit, heartbeat, false),
+        move |(mut sub, permit, mut heartbeat, done)| {
+            let (shutdown, metrics, hub) = (shutdown.clone(), metrics.clone(), hub.clone());
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = until(expires) => {
+                            let expired = ServerMessage::error("token_expired", "the token has expired; reconnect with a fresh one");
+                            return Some((message(&expired), (sub, permit, heartbeat, true)));
+                        }
+                        _ = heartbeat.tick() => {
+                            let (seq, position) = hub.head_and_position();
+                            let beat = ServerMessage::Heartbeat { seq, position: Position::parse(&position) };
+                            return Some((message(&beat), (sub, permit, heartbeat, false)));
+                        }
+                        next = sub.next() => next,
+                    };
+                    let event = match next {
+                        Next::Event(event) => {
+                            metrics.events_delivered.inc();
+                            SseEvent::default().event(&*event.kind).data(event.frame.as_str())
+                        }
+                        // The checked position of the transaction now whole: `Last-Event-ID` resumes after it.
+                        Next::Whole(_) => SseEvent::default().id(sub.last_position()),
+                        Next::Idle => continue,
+                        Next::LogUnavailable => message(&ServerMessage::refresh_needed(
+                            "log_unavailable",
+                            sub.last_seq(),
+                            None,
+                            Position::parse(sub.last_position()),
+                        )),
+                        Next::HistoryChanged { from } => message(&ServerMessage::refresh_needed(
+                            "history_changed",
+                            from,
+                            None,
+                            Position::parse(sub.last_position()),
+                        )),
+                    };
+                    return Some((event, (sub, permit, heartbeat, false)));
+                }
             }
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = until(expires) => {
-                        let expired = ServerMessage::error("token_expired", "the token has expired; reconnect with a fresh one");
-                        return Some((message(&expired), (sub, permit, true)));
-                    }
-                    next = sub.next() => next,
-                };
-                let event = match next {
-                    Next::Event(event) => {
-                        metrics.events_delivered.inc();
-                        SseEvent::default().event(&*event.kind).data(event.frame.as_str())
-                    }
-                    // The checked position of the transaction now whole: `Last-Event-ID` resumes after it.
-                    Next::Whole(_) => SseEvent::default().id(sub.last_position()),
-                    Next::Idle => continue,
-                    Next::LogUnavailable => message(&ServerMessage::refresh_needed(
-                        "log_unavailable",
-                        sub.last_seq(),
-                        None,
-                        Position::parse(sub.last_position()),
-                    )),
-                    Next::HistoryChanged { from } => message(&ServerMessage::refresh_needed(
-                        "history_changed",
-                        from,
-                        None,
-                        Position::parse(sub.last_position()),
-                    )),
-                };
-                return Some((event, (sub, permit, false)));
-            }
-        }
-    });
+        },
+    );
     let events = stream::iter(opening).chain(live).map(Ok::<_, Infallible>);
-    let heartbeat = KeepAlive::new().interval(state.limits.heartbeat).text("heartbeat");
-    Ok(Sse::new(events).keep_alive(heartbeat).into_response())
+    Ok(Sse::new(events).into_response())
 }
 
 /// One of the server's own messages as an SSE event named by its type.

@@ -33,6 +33,9 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// Origins browsers may connect from; empty: any.
     pub allowed_origins: Vec<String>,
+    /// How long committed transactions may wait for a seq before `/readyz`
+    /// says stalled (and a follower fences the leader that does not tick).
+    pub stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
             auth_timeout: defaults::duration(defaults::AUTH_TIMEOUT),
             allowed_origins: Vec::new(),
+            stall_timeout: defaults::duration(defaults::STALL_TIMEOUT),
         }
     }
 }

@@ -268,6 +268,14 @@ impl Session {
                         return Ok(());
                     }
                     self.send(socket, Message::Ping(Default::default())).await?;
+                    if self.protocol == Protocol::General {
+                        let (seq, position) = self.state.feed.hub.head_and_position();
+                        let heartbeat = ServerMessage::Heartbeat {
+                            seq,
+                            position: Position::parse(&position),
+                        };
+                        self.reply(socket, &heartbeat).await?;
+                    }
                 }
             }
         }
