@@ -287,3 +287,33 @@ async fn client_js_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
     page.close().await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// The dashboard after its server's database starts another history (pgfeed
+/// reinstalled): told `refresh_needed`, client.js re-reads the snapshots and the
+/// dashboard shows them, even rows written while nothing was captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reloads_its_tables_when_the_history_changes() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('BEFORE')").await;
+    let server = db.server().await;
+    let driver = Driver::start().await;
+    let page = driver.browser("reset").await;
+    page.goto(&format!("http://{}/", server.addr)).await.unwrap();
+    wait_for(&page, "#badge[data-state='connected']").await;
+    wait_for_study(&page, "BEFORE").await;
+
+    // Reinstalled; meanwhile a write that no trigger saw: only a reload shows it.
+    pgfeed::install::uninstall(&db.pool).await.unwrap();
+    db.exec("UPDATE studies SET study_label = 'UNSEEN-BY-ANY-TRIGGER' WHERE study_label = 'BEFORE'")
+        .await;
+    pgfeed::install::migrate(&db.pool, false).await.unwrap();
+    pgfeed::install::track_preset(&db.pool).await.unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('AFTER')").await;
+
+    wait_for_study(&page, "UNSEEN-BY-ANY-TRIGGER").await;
+    wait_for_study(&page, "AFTER").await;
+    assert_eq!(study_rows(&page, "BEFORE").await, 0, "the old row is gone");
+    assert_eq!(study_rows(&page, "AFTER").await, 1, "shown once");
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

@@ -141,6 +141,48 @@ async fn tail_prints_events_in_order_and_continues_across_a_server_restart() {
     server.stop().await.unwrap();
 }
 
+/// `tail` told that its position cannot be continued (`refresh_needed`):
+/// a marker line and on, or (`--on-reset exit`) exit status 3.
+#[tokio::test]
+async fn tail_marks_a_reset_and_goes_on_or_exits_as_asked() {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('held')").await;
+    // A position of another history: seq 1 with a check this history does not have.
+    let elsewhere = "1.00000000";
+    let tail = |on_reset: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfeed"))
+            .args(["tail", &format!("ws://{}/ws", server.addr), "--format", "json"])
+            .args(["--tables", "studies", "--after", elsewhere, "--on-reset", on_reset])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut going_on = tail("continue");
+    let mut lines = tokio::io::BufReader::new(going_on.stdout.take().unwrap()).lines();
+    let marker = read_lines(&mut lines, 1).await.remove(0);
+    assert_eq!(
+        (marker["type"].as_str(), marker["reason"].as_str()),
+        (Some("refresh_needed"), Some("history_changed")),
+        "{marker}"
+    );
+    db.exec("INSERT INTO studies (study_label) VALUES ('after-reset')")
+        .await;
+    let next = read_lines(&mut lines, 1).await.remove(0);
+    assert_eq!(next["data"]["study_label"], "after-reset");
+
+    let mut exiting = tail("exit");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), exiting.wait())
+        .await
+        .expect("tail --on-reset exit did not exit")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    server.stop().await.unwrap();
+}
+
 /// The next `n` JSON lines a child printed.
 async fn read_lines(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
