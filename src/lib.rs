@@ -21,12 +21,14 @@
 //! **Floor 3, the feed** (SQL first: a trigger on each tracked table writes the
 //! row change to `pgfeed.events`; after commit `pgfeed.tick()` gives its
 //! transaction a `seq`, `migrations/capture`).
-//! 1. [`feed::sequencer`]: which instance ticks (advisory locks) and when
-//!    (busy ticks at most once per `--tick-interval`, a few empty ticks before
+//! 1. [`feed::sequencer`]: which instance ticks (advisory locks; a follower
+//!    fences a leader that holds the lead without ticking) and when (busy
+//!    ticks at most once per `--tick-interval`, a few empty ticks before
 //!    waiting for writers); [`feed::listener`] holds the `LISTEN` connection,
 //!    runs the ticks, reads what they sequenced from the log ([`feed::log`])
-//!    as [`feed::change::Change`]s, and catches up from the log after anything
-//!    unexpected.
+//!    as [`feed::change::Change`]s, catches up from the log after anything
+//!    unexpected, and starts over (telling every subscriber) when the
+//!    database's history is no longer the one it delivered.
 //! 2. [`feed::event`]: each change becomes its wire event(s), typed against
 //!    PEARL's rows ([`feed::pearl`], which also holds the `track --preset pearl`
 //!    list) and encoded once.

@@ -74,9 +74,11 @@ BEGIN
     END IF;
     SELECT * INTO previous FROM pgfeed.sequencer;
     -- A visible row of a transaction this cluster has not begun yet, or a
-    -- previous tick ahead of this cluster: the log was written elsewhere.
+    -- previous tick ahead of this cluster: the log was written elsewhere. (The
+    -- newest tx is one step down the log's index in any plan; an EXISTS on
+    -- `tx >= $1` was a scan of the whole log in the generic plan.)
     foreign_log := pg_snapshot_xmax(previous.seen) > pg_snapshot_xmax(now_seen)
-        OR EXISTS (SELECT 1 FROM pgfeed.events e WHERE e.tx >= pg_snapshot_xmax(now_seen));
+        OR (SELECT max(e.tx) FROM pgfeed.events e) >= pg_snapshot_xmax(now_seen);
     IF foreign_log THEN
         UPDATE pgfeed.events SET tx = (tx::text::numeric + 4611686018427387904)::text::xid8
          WHERE tx >= pg_snapshot_xmax(now_seen);
@@ -92,8 +94,10 @@ BEGIN
              GROUP BY e.tx
         ), given AS (
             INSERT INTO pgfeed.commits (seq, tx, size)
-            SELECT previous.last_seq + row_number() OVER (ORDER BY s.stamp NULLS FIRST, t.last_id), t.tx, t.size
-              FROM transactions t LEFT JOIN pgfeed.stamps s ON s.tx = t.tx
+            SELECT previous.last_seq + row_number() OVER (ORDER BY
+                       (SELECT s.stamp FROM pgfeed.stamps s WHERE s.tx = t.tx) NULLS FIRST, t.last_id),
+                   t.tx, t.size
+              FROM transactions t
             RETURNING seq
         )
         SELECT count(*) INTO given FROM given;
@@ -113,8 +117,12 @@ BEGIN
         SELECT tx, count(*)::integer AS size, max(id) AS last_id FROM fresh GROUP BY tx
     ), given AS (
         INSERT INTO pgfeed.commits (seq, tx, size)
-        SELECT previous.last_seq + row_number() OVER (ORDER BY s.stamp NULLS FIRST, t.last_id), t.tx, t.size
-          FROM transactions t LEFT JOIN pgfeed.stamps s ON s.tx = t.tx
+        -- Each transaction's stamp looked up by its key: a join could hash the
+        -- whole stamps table in the generic plan.
+        SELECT previous.last_seq + row_number() OVER (ORDER BY
+                   (SELECT s.stamp FROM pgfeed.stamps s WHERE s.tx = t.tx) NULLS FIRST, t.last_id),
+               t.tx, t.size
+          FROM transactions t
         RETURNING seq
     )
     SELECT count(*) INTO given FROM given;

@@ -13,18 +13,18 @@
 -- follower takes it. The old leader, when it runs again, finds its
 -- connection gone and comes back as a follower.
 
--- When each transaction committed, as its stamp was taken.
-ALTER TABLE pgfeed.stamps ADD COLUMN stamped_at timestamptz NOT NULL DEFAULT clock_timestamp();
-
 -- How long the oldest committed transaction has waited for a seq; zero when
 -- none waits. Only stamps the last tick had not seen (its xmax and later, or
 -- in progress then) are looked at: an index range.
 CREATE FUNCTION pgfeed.unsequenced_age() RETURNS interval
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT COALESCE(clock_timestamp() - min(s.stamped_at), interval '0')
-      FROM pgfeed.stamps s, pgfeed.sequencer q
-     WHERE (s.tx >= pg_snapshot_xmax(q.seen) OR s.tx = ANY (ARRAY(SELECT pg_snapshot_xip(q.seen))))
-       AND NOT EXISTS (SELECT 1 FROM pgfeed.commits c WHERE c.tx = s.tx);
+      FROM (SELECT s.tx, s.stamped_at FROM pgfeed.stamps s
+             WHERE s.tx >= (SELECT pg_snapshot_xmax(q.seen) FROM pgfeed.sequencer q)
+            UNION ALL
+            SELECT s.tx, s.stamped_at FROM pgfeed.stamps s
+             WHERE s.tx = ANY (ARRAY(SELECT pg_snapshot_xip(q.seen) FROM pgfeed.sequencer q))) s
+     WHERE NOT EXISTS (SELECT 1 FROM pgfeed.commits c WHERE c.tx = s.tx);
 $$;
 
 -- The backend holding the lead (advisory lock 'pgfe', 2 in this database), if any.
