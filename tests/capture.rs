@@ -212,16 +212,7 @@ async fn concurrent_writers_get_strictly_increasing_gap_free_seq_in_visibility_o
 
     let done = Arc::new(AtomicBool::new(false));
     // A sequencer ticking while they write, as a server's listener does.
-    let ticker = {
-        let pool = db.pool.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            while !done.load(Ordering::SeqCst) {
-                common::tick(&pool).await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let ticker = ticking_until(&db, &done);
     // A reader that can see seq N must see every seq below it: check while writes run.
     let observer = {
         let pool = db.pool.clone();
@@ -588,16 +579,7 @@ async fn a_transaction_that_waited_for_another_gets_the_larger_seq_through_any_t
     db.exec("CREATE TABLE counter (n bigint NOT NULL); INSERT INTO counter VALUES (0);")
         .await;
     let done = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let pool = db.pool.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            while !done.load(Ordering::SeqCst) {
-                common::tick(&pool).await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let ticker = ticking_until(&db, &done);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let pool = db.pool.clone();
@@ -645,4 +627,15 @@ async fn a_transaction_that_waited_for_another_gets_the_larger_seq_through_any_t
         "seq order against the counter's (commit) order: {out_of_order} of {}",
         counters.len()
     );
+}
+
+/// A sequencer ticking every millisecond, as a server's listener does, until `done`.
+fn ticking_until(db: &TestDb, done: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let (pool, done) = (db.pool.clone(), done.clone());
+    tokio::spawn(async move {
+        while !done.load(Ordering::SeqCst) {
+            common::tick(&pool).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
 }

@@ -91,54 +91,8 @@ BEGIN
 END;
 $$;
 
--- As capture/0004, numbering a tick's transactions by their stamps. Those
--- logged before this migration have none and come first, by last log row.
-CREATE OR REPLACE FUNCTION pgfeed.tick() RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    previous  pgfeed.sequencer;
-    given     bigint;
-BEGIN
-    IF current_setting('transaction_isolation') <> 'repeatable read' THEN
-        RAISE EXCEPTION 'pgfeed.tick() needs a REPEATABLE READ transaction that first locks pgfeed.sequencer';
-    END IF;
-    SELECT * INTO previous FROM pgfeed.sequencer;
-    -- Visible now and not to the previous tick: in progress then (its xip), or
-    -- begun after it (from its xmax). Both are ranges of the log's primary key.
-    WITH fresh AS (
-        SELECT e.tx, e.id FROM pgfeed.events e
-         WHERE e.tx >= pg_snapshot_xmax(previous.seen)
-           AND e.tx < pg_snapshot_xmax(pg_current_snapshot())
-        UNION ALL
-        SELECT e.tx, e.id FROM pgfeed.events e
-         WHERE e.tx = ANY (ARRAY(SELECT pg_snapshot_xip(previous.seen)))
-    ), transactions AS (
-        SELECT tx, count(*)::integer AS size, max(id) AS last_id FROM fresh GROUP BY tx
-    ), given AS (
-        INSERT INTO pgfeed.commits (seq, tx, size)
-        SELECT previous.last_seq + row_number() OVER (ORDER BY
-                   (SELECT s.stamp FROM pgfeed.stamps s WHERE s.tx = t.tx) NULLS FIRST, t.last_id),
-               t.tx, t.size
-          FROM transactions t
-        RETURNING seq
-    )
-    SELECT count(*) INTO given FROM given;
-    IF given = 0 THEN
-        RETURN previous.last_seq;
-    END IF;
-    UPDATE pgfeed.sequencer SET last_seq = previous.last_seq + given, seen = pg_current_snapshot();
-    -- Followers share (pgfe, 3) from before they read the log until they
-    -- stop following; taking it alone means nobody would hear this.
-    IF NOT pg_try_advisory_xact_lock(1885824613, 3) THEN
-        PERFORM pg_notify('pgfeed', '{"seq":' || (previous.last_seq + given) || '}');
-    END IF;
-    RETURN previous.last_seq + given;
-END;
-$$;
-
-REVOKE EXECUTE ON FUNCTION pgfeed.tick() FROM PUBLIC;
+-- A tick numbers the transactions it finds by their stamps: capture/0007
+-- (which this release applies with this one) replaces pgfeed.tick() so.
 
 -- As capture/0001, and the stamps of what it removes.
 CREATE OR REPLACE FUNCTION pgfeed.prune(keep interval) RETURNS bigint

@@ -21,8 +21,11 @@
 -- them apart from the ids the new cluster will hand out), sequences whatever
 -- of it was committed but not yet sequenced, and goes on.
 
+-- STABLE, as extract() on a timestamptz is: declared IMMUTABLE, its body was
+-- not inlined and every row of a page paid a function call (a page of the log
+-- took twice as long).
 CREATE FUNCTION pgfeed.position_check(seq bigint, committed_at timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.hashtextextended(
                seq::text || '@' || (extract(epoch FROM committed_at) * 1000000)::bigint::text, 0)
            & 4294967295), 8, '0');
@@ -47,9 +50,9 @@ LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     RETURN QUERY
     SELECT c.seq, c.size, e.id, e.table_name, e.prefix, e.op, e.new::text, e.old::text, e.actor,
-           (extract(epoch FROM e.created_at) * 1000000)::int8,
-           c.seq::text || '.' || pgfeed.position_check(c.seq, c.committed_at)
-      FROM (SELECT k.seq, k.tx, k.size, k.committed_at FROM pgfeed.commits k
+           (extract(epoch FROM e.created_at) * 1000000)::int8, c.position
+      FROM (SELECT k.seq, k.tx, k.size, k.seq::text || '.' || pgfeed.position_check(k.seq, k.committed_at) AS position
+              FROM pgfeed.commits k
              WHERE k.seq >= after_seq ORDER BY k.seq LIMIT page) c
       JOIN LATERAL (SELECT * FROM pgfeed.events e
                      WHERE e.tx = c.tx AND (c.seq > after_seq OR (after_id > 0 AND e.id > after_id))) e ON true
@@ -58,16 +61,18 @@ BEGIN
 END;
 $$;
 
--- As capture/0006, and a log from another cluster is adopted (see above).
+-- As capture/0004, numbering a tick's transactions by their stamps
+-- (capture/0006; those logged before it have none and come first, by last log
+-- row), and adopting a log from another cluster (see above).
 CREATE OR REPLACE FUNCTION pgfeed.tick() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    previous  pgfeed.sequencer;
-    now_seen  pg_snapshot := pg_current_snapshot();
-    foreign_log boolean;
-    given     bigint;
+    previous     pgfeed.sequencer;
+    now_seen     pg_snapshot := pg_current_snapshot();
+    foreign_log  boolean;
+    given        bigint;
 BEGIN
     IF current_setting('transaction_isolation') <> 'repeatable read' THEN
         RAISE EXCEPTION 'pgfeed.tick() needs a REPEATABLE READ transaction that first locks pgfeed.sequencer';
@@ -87,38 +92,30 @@ BEGIN
         UPDATE pgfeed.stamps SET tx = (tx::text::numeric + 4611686018427387904)::text::xid8
          WHERE tx >= pg_snapshot_xmax(now_seen);
         RAISE WARNING 'pgfeed: the log was written by another cluster (a restore?); its transactions are kept apart and sequencing goes on';
-        -- Every visible log row is committed: those without a seq get one.
-        WITH transactions AS (
-            SELECT e.tx, count(*)::integer AS size, max(e.id) AS last_id FROM pgfeed.events e
-             WHERE NOT EXISTS (SELECT 1 FROM pgfeed.commits c WHERE c.tx = e.tx)
-             GROUP BY e.tx
-        ), given AS (
-            INSERT INTO pgfeed.commits (seq, tx, size)
-            SELECT previous.last_seq + row_number() OVER (ORDER BY
-                       (SELECT s.stamp FROM pgfeed.stamps s WHERE s.tx = t.tx) NULLS FIRST, t.last_id),
-                   t.tx, t.size
-              FROM transactions t
-            RETURNING seq
-        )
-        SELECT count(*) INTO given FROM given;
-        UPDATE pgfeed.sequencer SET last_seq = previous.last_seq + given, seen = now_seen;
-        RETURN previous.last_seq + given;
     END IF;
     -- Visible now and not to the previous tick: in progress then (its xip), or
-    -- begun after it (from its xmax). Both are ranges of the log's primary key.
+    -- begun after it (from its xmax); both are ranges of the log's primary key.
+    -- A foreign log: every visible row without a seq (all of them are
+    -- committed). The branch not taken is a one-time filter: never scanned.
     WITH fresh AS (
         SELECT e.tx, e.id FROM pgfeed.events e
-         WHERE e.tx >= pg_snapshot_xmax(previous.seen)
+         WHERE NOT foreign_log
+           AND e.tx >= pg_snapshot_xmax(previous.seen)
            AND e.tx < pg_snapshot_xmax(now_seen)
         UNION ALL
         SELECT e.tx, e.id FROM pgfeed.events e
-         WHERE e.tx = ANY (ARRAY(SELECT pg_snapshot_xip(previous.seen)))
+         WHERE NOT foreign_log
+           AND e.tx = ANY (ARRAY(SELECT pg_snapshot_xip(previous.seen)))
+        UNION ALL
+        SELECT e.tx, e.id FROM pgfeed.events e
+         WHERE foreign_log
+           AND NOT EXISTS (SELECT 1 FROM pgfeed.commits c WHERE c.tx = e.tx)
     ), transactions AS (
         SELECT tx, count(*)::integer AS size, max(id) AS last_id FROM fresh GROUP BY tx
     ), given AS (
-        INSERT INTO pgfeed.commits (seq, tx, size)
         -- Each transaction's stamp looked up by its key: a join could hash the
         -- whole stamps table in the generic plan.
+        INSERT INTO pgfeed.commits (seq, tx, size)
         SELECT previous.last_seq + row_number() OVER (ORDER BY
                    (SELECT s.stamp FROM pgfeed.stamps s WHERE s.tx = t.tx) NULLS FIRST, t.last_id),
                t.tx, t.size
@@ -126,13 +123,13 @@ BEGIN
         RETURNING seq
     )
     SELECT count(*) INTO given FROM given;
-    IF given = 0 THEN
+    IF given = 0 AND NOT foreign_log THEN
         RETURN previous.last_seq;
     END IF;
     UPDATE pgfeed.sequencer SET last_seq = previous.last_seq + given, seen = now_seen;
     -- Followers share (pgfe, 3) from before they read the log until they
     -- stop following; taking it alone means nobody would hear this.
-    IF NOT pg_try_advisory_xact_lock(1885824613, 3) THEN
+    IF given > 0 AND NOT pg_try_advisory_xact_lock(1885824613, 3) THEN
         PERFORM pg_notify('pgfeed', '{"seq":' || (previous.last_seq + given) || '}');
     END IF;
     RETURN previous.last_seq + given;

@@ -22,24 +22,40 @@ pub struct Proxy {
     generation: std::sync::Arc<AtomicUsize>,
 }
 
+/// The halves a proxy copies between, and the generation of the link it was born in.
+type Halves = (tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf);
+
+/// Accepts on a free port, connects each client to `target`, and hands both
+/// directions to `copy` with the generation the connection was born in. The
+/// port and the generation counter (bumping it ends or cuts what is open).
+async fn relay<F, Fut>(target: u16, copy: F) -> (u16, std::sync::Arc<AtomicUsize>)
+where
+    F: Fn(Halves, std::sync::Arc<AtomicUsize>, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let generation = std::sync::Arc::new(AtomicUsize::new(0));
+    let gen = generation.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let born = gen.load(Ordering::SeqCst);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(copy((client_read, server_write), gen.clone(), born));
+            tokio::spawn(copy((server_read, client_write), gen.clone(), born));
+        }
+    });
+    (port, generation)
+}
+
 impl Proxy {
     pub async fn start(target: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let generation = std::sync::Arc::new(AtomicUsize::new(0));
-        let gen = generation.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let born = gen.load(Ordering::SeqCst);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(pipe(client_read, server_write, gen.clone(), born));
-                tokio::spawn(pipe(server_read, client_write, gen.clone(), born));
-            }
-        });
+        let (port, generation) = relay(target, |(from, to), gen, born| pipe(from, to, gen, born)).await;
         Proxy { port, generation }
     }
 
@@ -84,23 +100,7 @@ pub struct SlowLink {
 
 impl SlowLink {
     pub async fn start(target: u16, delay: Duration) -> SlowLink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let generation = std::sync::Arc::new(AtomicUsize::new(0));
-        let gen = generation.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let born = gen.load(Ordering::SeqCst);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(delayed(client_read, server_write, delay, gen.clone(), born));
-                tokio::spawn(delayed(server_read, client_write, delay, gen.clone(), born));
-            }
-        });
+        let (port, generation) = relay(target, move |(from, to), gen, born| delayed(from, to, delay, gen, born)).await;
         SlowLink { port, generation }
     }
 
