@@ -69,6 +69,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a stalled sequencer is seen, and its leader fenced",
             sql: include_str!("../../migrations/capture/0008_stalls_are_seen.sql"),
         },
+        Migration {
+            version: 9,
+            description: "a dropped tracked table is untracked",
+            sql: include_str!("../../migrations/capture/0009_dropped_tables_are_untracked.sql"),
+        },
     ],
 };
 

@@ -156,8 +156,10 @@ pub async fn track(args: TrackArgs) -> Result<()> {
 pub async fn untrack(args: UntrackArgs) -> Result<()> {
     let database = args.database.open().await?;
     let pool = db::pool(&database.url, 2).await?;
-    super::untrack(&pool, &args.table).await?;
-    println!("untracked {}", args.table);
+    match super::untrack(&pool, &args.table).await? {
+        super::Untracked::Untracked => println!("untracked {}", args.table),
+        super::Untracked::NoSuchTable => println!("{} does not exist; nothing is tracked under that name", args.table),
+    }
     pool.close().await;
     Ok(())
 }

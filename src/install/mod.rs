@@ -87,14 +87,32 @@ pub async fn track(pool: &PgPool, table: &str, prefix: &str, exclude: &[String])
     Ok(())
 }
 
-/// Stops tracking `table`; its past events stay in the log until pruned.
-pub async fn untrack(pool: &PgPool, table: &str) -> Result<()> {
+/// Stops tracking `table`; its past events stay in the log until pruned. A
+/// table that no longer exists is not tracked (dropping it untracked it):
+/// there is nothing to do, and that is not an error.
+pub async fn untrack(pool: &PgPool, table: &str) -> Result<Untracked> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("looking up {table}"))?;
+    if !exists {
+        return Ok(Untracked::NoSuchTable);
+    }
     sqlx::query("SELECT pgfeed.untrack($1::regclass)")
         .bind(table)
         .execute(pool)
         .await
         .with_context(|| format!("untracking {table}"))?;
-    Ok(())
+    Ok(Untracked::Untracked)
+}
+
+/// What `untrack` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untracked {
+    Untracked,
+    /// The table does not exist (any more): nothing is tracked under its name.
+    NoSuchTable,
 }
 
 /// How many tables are tracked (0 before the capture schema is installed).
@@ -127,6 +145,7 @@ BEGIN
     END LOOP;
 END;
 $$;
+DROP EVENT TRIGGER IF EXISTS pgfeed_forget_dropped;
 DROP SCHEMA IF EXISTS pgfeed CASCADE;
 COMMIT;
 "#;
