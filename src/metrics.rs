@@ -79,6 +79,9 @@ pub struct Metrics {
     pub last_tick_timestamp: Gauge,
     /// Times this instance ended a hung leader's session to take the lead.
     pub leaders_fenced: Counter,
+    /// Tracked tables whose capture trigger does not fire (disabled, missing,
+    /// replica-only), read at /readyz and /api/v1/status: their writes never reach the feed.
+    pub capture_off_tables: Gauge,
     /// Seconds from a transaction's last logged row to the listener handing its
     /// events to the hub: about commit → publish for a short transaction; the
     /// sequencer's share of what clients wait.
@@ -191,6 +194,10 @@ impl Default for Metrics {
             "pgfeed_last_tick_timestamp_seconds",
             "When this instance last ticked, in seconds since 1970 (0: never)",
         );
+        let capture_off_tables = gauge(
+            "pgfeed_capture_off_tables",
+            "Tracked tables whose capture trigger does not fire (disabled, missing, replica-only)",
+        );
         let connections_open = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         registry.register(
             "pgfeed_connections_open",
@@ -237,6 +244,7 @@ impl Default for Metrics {
             leader,
             last_tick_timestamp,
             leaders_fenced,
+            capture_off_tables,
             write_to_publish,
             registry,
         }

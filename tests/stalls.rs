@@ -43,6 +43,23 @@ async fn a_stopped_leader_is_fenced_and_the_feed_goes_on_without_it() {
     // Stopped, not dead: its session holds the lead and ticks no more.
     let pid = Pid::from_raw(leader.child.id().unwrap() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
+    // A tick it sent just before it stopped may still run: wait until its
+    // session is idle, so what is written next can only be sequenced by another.
+    let mut idle = false;
+    for _ in 0..200 {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = pgfeed.leader_pid()")
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap()
+                .flatten();
+        if state.as_deref().is_some_and(|s| s != "active") {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(idle, "the stopped leader's session went idle");
     let stopped = Instant::now();
     db.exec("INSERT INTO studies (study_label) VALUES ('while-stopped')")
         .await;

@@ -74,6 +74,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a dropped tracked table is untracked",
             sql: include_str!("../../migrations/capture/0009_dropped_tables_are_untracked.sql"),
         },
+        Migration {
+            version: 10,
+            description: "capture fires in replica mode too, and its state is visible",
+            sql: include_str!("../../migrations/capture/0010_capture_state_is_visible.sql"),
+        },
     ],
 };
 

@@ -39,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route("/style.css", get(web::style))
         .route("/asyncapi.json", get(web::asyncapi))
         .route("/api/v1", get(rest::tables))
+        .route("/api/v1/status", get(rest::status))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -31,6 +31,21 @@ async fn unready_reason(state: &AppState) -> Option<String> {
     if !state.ready.load(Ordering::SeqCst) {
         return Some("listener not connected or catching up".into());
     }
+    match crate::install::status::capture_off(&state.pool).await {
+        Ok(off) => {
+            state.metrics.capture_off_tables.set(off.len() as i64);
+            if !off.is_empty() {
+                return Some(format!(
+                    "capture is off for {}: their writes never reach the feed",
+                    off.join(", ")
+                ));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "/readyz: reading the capture state");
+            return Some("the database cannot be read".into());
+        }
+    }
     let read = sqlx::query_as::<_, (i64, i64)>(
         "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()",
     )
@@ -61,18 +76,21 @@ async fn unready_reason(state: &AppState) -> Option<String> {
 /// `GET /metrics`: every figure, with the database's own read at scrape time
 /// (a failed read leaves the last value; the scrape still answers).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let read: sqlx::Result<(f64, f64, i64, i64)> = sqlx::query_as(
+    let read: sqlx::Result<(f64, f64, i64, i64, i64)> = sqlx::query_as(
         "SELECT pg_notification_queue_usage(),
                 (SELECT reltuples FROM pg_class WHERE oid = 'pgfeed.events'::regclass)::float8,
                 (SELECT pruned_through FROM pgfeed.retention),
-                (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8",
+                (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8,
+                (SELECT count(*) FROM pgfeed.capture_state()
+                  WHERE trigger_state IN ('disabled', 'missing', 'replica_only'))",
     )
     .fetch_one(&state.pool)
     .await;
     match read {
-        Ok((queue, rows, oldest, unsequenced_ms)) => {
+        Ok((queue, rows, oldest, unsequenced_ms, capture_off)) => {
             let metrics = &state.metrics;
             metrics.unsequenced_age_ms.set(unsequenced_ms);
+            metrics.capture_off_tables.set(capture_off);
             metrics.notification_queue_usage_permille.set((queue * 1000.0) as i64);
             metrics.log_rows.set(rows.max(0.0) as i64);
             metrics.log_oldest_seq.set(oldest);
@@ -107,6 +125,21 @@ pub async fn table_snapshot(
     }
     .encode(Envelope::Type);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/v1/status`: what `pgfeed status` prints, as JSON, with the tables
+/// this request may see.
+pub async fn status(State(state): State<AppState>, access: Access) -> Result<Response, ApiError> {
+    let scope = access.require(&state)?;
+    let mut status = crate::install::status::read(&state.pool).await.map_err(|err| {
+        tracing::error!(error = %format!("{err:#}"), "reading the status");
+        ApiError::Unavailable("the status could not be read".into())
+    })?;
+    status.tables.retain(|t| scope.allows_table(&t.table));
+    state.metrics.capture_off_tables.set(status.capture_off().len() as i64);
+    let mut body = serde_json::to_value(&status).expect("a status serializes");
+    body["capture_off"] = serde_json::json!(status.capture_off());
+    Ok(axum::Json(body).into_response())
 }
 
 /// `GET /api/v1`: the tracked tables this request may see, and whether writes are on.

@@ -152,6 +152,61 @@ pub async fn track(args: TrackArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgfeed status`: every tracked table with its capture trigger's state, and
+/// where the log and the sequencer stand. Fails (exit 1) when capture is off
+/// for any tracked table.
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let database = args.database.open().await?;
+    let pool = db::pool(&database.url, 2).await?;
+    let status = super::status::read(&pool).await?;
+    pool.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!(
+            "{:<32} {:<24} {:<13} {:>10}  excluded",
+            "table", "prefix", "capture", "log rows"
+        );
+        for t in &status.tables {
+            println!(
+                "{:<32} {:<24} {:<13} {:>10}  {}",
+                t.table,
+                t.prefix,
+                t.trigger,
+                t.log_rows,
+                t.exclude.join(", ")
+            );
+        }
+        println!(
+            "head {}; resumable after {}; oldest unsequenced transaction waiting {} ms; leader: {}; followers: {}; notification queue {:.1}% full",
+            status.head,
+            status.oldest_seq,
+            status.unsequenced_age_ms,
+            if status.leader { "yes" } else { "none" },
+            status.followers,
+            status.notification_queue_usage * 100.0
+        );
+    }
+    let off = status.capture_off();
+    if !off.is_empty() {
+        bail!(
+            "capture is off for {}: their writes never reach the feed",
+            off.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `pgfeed untrack`: removes one table's capture trigger.
 pub async fn untrack(args: UntrackArgs) -> Result<()> {
     let database = args.database.open().await?;

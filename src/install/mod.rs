@@ -5,6 +5,7 @@
 //! `pgfeed.track` attaches, and `uninstall` takes those away again.
 
 pub mod commands;
+pub mod status;
 
 use anyhow::{Context, Result};
 use sqlx::PgPool;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench;
 use pgfeed::config::ServeArgs;
-use pgfeed::install::commands::{MigrateArgs, TrackArgs, UninstallArgs, UntrackArgs};
+use pgfeed::install::commands::{MigrateArgs, StatusArgs, TrackArgs, UninstallArgs, UntrackArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +40,8 @@ pub enum Command {
     Untrack(UntrackArgs),
     /// Remove every pgfeed trigger and schema pgfeed; application tables and rows stay as they were.
     Uninstall(UninstallArgs),
+    /// What is tracked and whether its capture fires; the log and the sequencer. Exits 1 when capture is off anywhere.
+    Status(StatusArgs),
     /// Measure write cost against the reference designs (figures, never assertions).
     Bench(bench::BenchArgs),
     /// A bare reference server for `bench` (its own process, so its memory is its own).
@@ -62,6 +64,7 @@ impl Command {
             Command::Track(args) => pgfeed::install::commands::track(args).await,
             Command::Untrack(args) => pgfeed::install::commands::untrack(args).await,
             Command::Uninstall(args) => pgfeed::install::commands::uninstall(args).await,
+            Command::Status(args) => pgfeed::install::commands::status(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchPeer(args) => bench::peer::serve_reference(args).await,
             Command::BenchSwarm(args) => bench::swarm::run(args).await,
