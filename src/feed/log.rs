@@ -169,13 +169,6 @@ pub async fn head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(db).await
 }
 
-/// The oldest cursor a client can resume from: everything after it is still in the log.
-pub async fn resumable_from(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT pruned_through FROM pgfeed.retention")
-        .fetch_one(pool)
-        .await
-}
-
 /// Removes the log of transactions committed more than `keep` ago; returns the rows removed.
 pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT pgfeed.prune(make_interval(secs => $1))")
