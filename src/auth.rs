@@ -68,6 +68,13 @@ impl Scope {
         new.is_some_and(|r| self.allows_row(r)) || old.is_some_and(|r| self.allows_row(r))
     }
 
+    /// The table named `from` is now `to`: a scope that names it follows it.
+    pub fn follow_rename(&mut self, from: &str, to: &str) {
+        if let Some(tables) = &mut self.tables {
+            tables.rename(from, to);
+        }
+    }
+
     /// Narrows `column` to `values` within what the scope already allows
     /// (Shadower's `?workspace_id=`). Never widens.
     pub fn narrow(&mut self, column: &str, values: Vec<Value>) {

@@ -72,15 +72,25 @@ impl Filter {
     /// True when an event of `kind` on `table` about `row` is wanted. Looks
     /// into the parsed row; never re-parses.
     pub fn matches(&self, table: &str, kind: &str, row: Option<&Value>) -> bool {
-        if self.tables.as_ref().is_some_and(|t| !t.contains(table)) {
-            return false;
+        self.matches_table(table, kind)
+            && self
+                .where_
+                .as_ref()
+                .is_none_or(|conditions| row_matches(conditions, row))
+    }
+
+    /// True when events of `kind` on `table` are wanted, whatever their rows.
+    pub fn matches_table(&self, table: &str, kind: &str) -> bool {
+        self.tables.as_ref().is_none_or(|t| t.contains(table))
+            && self.types.as_ref().is_none_or(|t| t.contains(kind))
+            && !self.except_types.contains(kind)
+    }
+
+    /// The table named `from` is now `to`: a subscription to it follows it.
+    pub fn follow_rename(&mut self, from: &str, to: &str) {
+        if let Some(tables) = &mut self.tables {
+            tables.rename(from, to);
         }
-        if self.types.as_ref().is_some_and(|t| !t.contains(kind)) || self.except_types.contains(kind) {
-            return false;
-        }
-        self.where_
-            .as_ref()
-            .is_none_or(|conditions| row_matches(conditions, row))
     }
 }
 

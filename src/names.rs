@@ -29,6 +29,16 @@ impl Names {
     pub fn retain(&mut self, keep: impl FnMut(&String) -> bool) {
         self.0.retain(keep);
     }
+
+    /// Replaces `from` with `to`, if `from` is one of the names. True when it was.
+    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+        if !self.contains(from) {
+            return false;
+        }
+        self.retain(|name| name != from);
+        self.extend([to.to_string()]);
+        true
+    }
 }
 
 impl FromIterator<String> for Names {

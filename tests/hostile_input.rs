@@ -86,6 +86,7 @@ fn event(table: &str, new: Option<Value>, old: Option<Value>) -> pgfeed::feed::e
         frame: "{}".into(),
         envelope_frame: Default::default(),
         position: "1.00000001".into(),
+        schema: None,
     }
 }
 

@@ -79,6 +79,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "capture fires in replica mode too, and its state is visible",
             sql: include_str!("../../migrations/capture/0010_capture_state_is_visible.sql"),
         },
+        Migration {
+            version: 11,
+            description: "schema changes are events; renames are followed; partitions are captured",
+            sql: include_str!("../../migrations/capture/0011_schema_changes_are_events.sql"),
+        },
     ],
 };
 

@@ -11,6 +11,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// A tracked table's name, columns or partitions changed (migrations/capture/0011).
+    Schema,
 }
 
 impl Op {
@@ -20,6 +22,7 @@ impl Op {
             "UPDATE" => Some(Op::Update),
             "DELETE" => Some(Op::Delete),
             "TRUNCATE" => Some(Op::Truncate),
+            "SCHEMA" => Some(Op::Schema),
             _ => None,
         }
     }
@@ -30,6 +33,7 @@ impl Op {
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
             Op::Truncate => "TRUNCATE",
+            Op::Schema => "SCHEMA",
         }
     }
 
@@ -40,6 +44,7 @@ impl Op {
             Op::Update => "updated",
             Op::Delete => "deleted",
             Op::Truncate => "truncated",
+            Op::Schema => "schema_changed",
         }
     }
 }
@@ -70,6 +75,19 @@ pub struct Change {
 impl Change {
     pub fn is_last_of_tx(&self) -> bool {
         self.tx_index + 1 >= self.tx_size
+    }
+
+    /// About the whole table rather than one row: a truncate or a schema change.
+    pub fn is_table_wide(&self) -> bool {
+        matches!(self.op, Op::Truncate | Op::Schema)
+    }
+
+    /// The name the table had before this schema change renamed it.
+    pub fn renamed_from(&self) -> Option<&str> {
+        match (self.op, &self.new) {
+            (Op::Schema, Some(doc)) => doc.get("previous_table").and_then(|name| name.as_str()),
+            _ => None,
+        }
     }
 }
 

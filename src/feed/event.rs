@@ -36,6 +36,16 @@ pub struct Event {
     pub envelope_frame: std::sync::OnceLock<Utf8Bytes>,
     /// The checked position of its transaction, shared by its events.
     pub position: Arc<str>,
+    /// Set on a schema change's events (`<prefix>_schema_changed`, PEARL's `refresh_needed`).
+    pub schema: Option<SchemaChange>,
+}
+
+/// What a subscriber needs of a schema change: it is about the table, not a
+/// row, and it may rename the table a subscription follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaChange {
+    /// The table's name before this change renamed it.
+    pub renamed_from: Option<Arc<str>>,
 }
 
 impl Event {
@@ -44,14 +54,22 @@ impl Event {
         self.rows.0.as_ref().or(self.rows.1.as_ref())
     }
 
-    /// Whether a client that asked for `filter` wants this event.
+    /// Whether a client that asked for `filter` wants this event. A schema
+    /// change is about the table, not a row: `where` does not judge it.
     pub fn wanted_by(&self, filter: &Filter) -> bool {
-        filter.matches(&self.table, &self.kind, self.row())
+        match self.schema {
+            Some(_) => filter.matches_table(&self.table, &self.kind),
+            None => filter.matches(&self.table, &self.kind, self.row()),
+        }
     }
 
-    /// Whether `scope` may see this event.
+    /// Whether `scope` may see this event. A schema change (the table's
+    /// columns, never its rows) is seen by every scope that sees the table.
     pub fn in_scope(&self, scope: &Scope) -> bool {
-        scope.allows_change(&self.table, self.rows.0.as_ref(), self.rows.1.as_ref())
+        match self.schema {
+            Some(_) => scope.allows_table(&self.table),
+            None => scope.allows_change(&self.table, self.rows.0.as_ref(), self.rows.1.as_ref()),
+        }
     }
 
     /// The frame in the `{"event": …}` envelope, encoded once per event.
@@ -124,8 +142,14 @@ impl Encoder<'_> {
             _ => None,
         };
 
-        let new_row = change.new.as_ref().and_then(|row| pearl::type_row(&change.table, row));
-        let old_row = change.old.as_ref().and_then(|row| pearl::type_row(&change.table, row));
+        let schema = (change.op == Op::Schema).then(|| SchemaChange {
+            renamed_from: change.renamed_from().map(|name| self.names.get(name)),
+        });
+        let typed = |row: &Option<Value>| match change.op {
+            Op::Schema => None,
+            _ => row.as_ref().and_then(|row| pearl::type_row(&change.table, row)),
+        };
+        let (new_row, old_row) = (typed(&change.new), typed(&change.old));
         let misfit = [&new_row, &old_row]
             .into_iter()
             .flatten()
@@ -141,11 +165,14 @@ impl Encoder<'_> {
 
         let own_kind = format!("{}_{}", change.prefix, change.op.verb());
         let count = 1 + outcome.messages.len();
+        // A schema change's document is its data, not a row: filters and scopes never read it.
+        let schema_doc = if change.op == Op::Schema { change.new.take() } else { None };
         let rows = Arc::new((change.new.take(), change.old.take()));
         let truncated;
         // The row event's data is the row itself, not a copy of it.
         let own_data = match change.op {
             Op::Delete => rows.1.as_ref(),
+            Op::Schema => schema_doc.as_ref(),
             Op::Truncate => {
                 truncated = serde_json::json!({ "table": change.table });
                 Some(&truncated)
@@ -192,6 +219,7 @@ impl Encoder<'_> {
                 frame: frame.into(),
                 envelope_frame: std::sync::OnceLock::new(),
                 position: position.clone(),
+                schema: schema.clone(),
             });
         }
         events

@@ -297,6 +297,7 @@ mod tests {
             frame: seq.to_string().into(),
             envelope_frame: Default::default(),
             position: format!("{seq}.0000000a").into(),
+            schema: None,
         })
         .collect()
     }

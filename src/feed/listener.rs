@@ -26,7 +26,9 @@ use super::change::{Change, Notice};
 use super::event::{Encoder, Interned};
 use super::hub::Hub;
 use super::log;
+use super::event::SchemaChange;
 use super::pearl;
+use super::renames::Renames;
 use super::sequencer::Sequencer;
 use super::Feed;
 use crate::backoff::Backoff;
@@ -76,6 +78,8 @@ pub struct Listener {
     pearl: Arc<Mutex<pearl::State>>,
     /// Table names and event kinds, one text each for all events.
     names: Interned,
+    /// The names tracked tables had, for subscriptions that use an old one.
+    renames: Arc<std::sync::RwLock<Renames>>,
 }
 
 enum Stop {
@@ -109,6 +113,7 @@ impl Listener {
             previous_backends: Vec::new(),
             pearl: feed.pearl.clone(),
             names: Interned::default(),
+            renames: feed.renames.clone(),
         }
     }
 
@@ -199,6 +204,7 @@ impl Listener {
                 .await?;
         let state = pearl::State::read(&mut tx, head).await?;
         tx.commit().await?;
+        *self.renames.write().expect("renames lock") = Renames::load(&self.pool).await?;
         self.last_seq = head;
         // A head whose commit row retention removed has no check left.
         self.last_position = position.unwrap_or_else(|| head.to_string()).into();
@@ -474,6 +480,17 @@ impl Listener {
                     self.last_seq = seq;
                     self.last_position = position;
                 }
+            }
+        }
+        // Known before any subscriber can pass the rename: one that
+        // subscribes by the old name after it finds the new one.
+        for event in &events {
+            if let Some(SchemaChange {
+                renamed_from: Some(from),
+            }) = &event.schema
+            {
+                let mut renames = self.renames.write().expect("renames lock");
+                renames.record(from, &event.table, event.seq);
             }
         }
         self.metrics.events_published.inc_by(events.len() as u64);

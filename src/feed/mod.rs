@@ -12,6 +12,7 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod pearl;
+pub mod renames;
 pub mod sequencer;
 pub mod subscriber;
 
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::metrics::Metrics;
 use hub::Hub;
+use renames::Renames;
 
 /// The feed of one server. Cheap to clone.
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub struct Feed {
     /// so replayed PEARL messages say what live ones said.
     pearl: Arc<Mutex<pearl::State>>,
     pub metrics: Arc<Metrics>,
+    /// The names tracked tables had, kept by the listener.
+    pub renames: Arc<std::sync::RwLock<Renames>>,
 }
 
 impl Feed {
@@ -44,6 +48,7 @@ impl Feed {
             pool,
             pearl: Arc::default(),
             metrics,
+            renames: Arc::default(),
         }
     }
 }

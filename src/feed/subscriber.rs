@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::change::Change;
-use super::event::{Encoder, Event, Interned};
+use super::event::{Encoder, Event, Interned, SchemaChange};
 use super::hub::{Batch, Behind, Cursor};
 use super::log::{self, Cursor as LogCursor};
 use super::pearl::Audience;
@@ -226,6 +226,40 @@ impl Subscriber {
         self.watermarks.insert(table.to_string(), seq);
     }
 
+    /// The table named `from` is now `to`: the subscription, the scope and
+    /// the snapshot's watermark follow it (a table is followed by identity).
+    fn follow_rename(&mut self, from: &str, to: &str) {
+        if let Some(filter) = &mut self.filter {
+            filter.follow_rename(from, to);
+        }
+        if let Some(scope) = &mut self.scope {
+            scope.follow_rename(from, to);
+        }
+        if let Some(watermark) = self.watermarks.remove(from) {
+            self.watermarks.insert(to.to_string(), watermark);
+        }
+    }
+
+    /// Resolves the tables that the subscription and the scope name by a name
+    /// they had before the subscriber's position to their name there. Call
+    /// it after setting either; renames after the position are followed as
+    /// the stream passes them.
+    pub fn follow_renames(&mut self) {
+        let renamed: Vec<(String, String)> = {
+            let renames = self.sources.renames.read().expect("renames lock");
+            let names = self.filter.iter().filter_map(|f| f.tables.as_ref());
+            let scoped = self.scope.iter().filter_map(|s| s.tables.as_ref());
+            names
+                .chain(scoped)
+                .flatten()
+                .filter_map(|name| Some((name.clone(), renames.current(name, self.last_seq)?.to_string())))
+                .collect()
+        };
+        for (from, to) in renamed {
+            self.follow_rename(&from, &to);
+        }
+    }
+
     /// Replays everything after `after` from the log, then goes live (the
     /// caller has checked `after` is within the log). Subscribes to
     /// everything if nothing was asked yet.
@@ -239,6 +273,7 @@ impl Subscriber {
         self.last_position = position.into();
         self.open = None;
         self.sent_in_open = false;
+        self.follow_renames();
         self.start_replay(None);
     }
 
@@ -465,6 +500,14 @@ impl Subscriber {
     /// after its last event.
     fn deliver(&mut self, at: At) -> Option<At> {
         let event = self.event_at(at);
+        if let Some(SchemaChange {
+            renamed_from: Some(from),
+        }) = &event.schema
+        {
+            let (from, to) = (from.clone(), event.table.clone());
+            self.follow_rename(&from, &to);
+        }
+        let event = self.event_at(at);
         let (seq, closes, wanted) = (event.seq, event.closes_tx, self.wants(event));
         if closes {
             self.last_position = event.position.clone();
@@ -548,6 +591,7 @@ mod tests {
             pool,
             pearl: Arc::default(),
             metrics: Arc::default(),
+            renames: Arc::default(),
         };
         let mut subscriber = Subscriber::new(sources, Audience::Native);
         subscriber.filter = Some(Filter::default());
@@ -569,6 +613,7 @@ mod tests {
             frame: format!("{seq}.{index}").into(),
             envelope_frame: Default::default(),
             position: format!("{seq}.0000000a").into(),
+            schema: None,
         }]
     }
 
@@ -651,6 +696,33 @@ mod tests {
             4,
             "transactions with nothing wanted still advance the cursor"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_follows_its_table_through_a_rename() {
+        let hub = Hub::new(64);
+        let mut s = subscriber(&hub);
+        s.filter = Some(Filter {
+            tables: Some(["equipment".to_string()].into_iter().collect()),
+            where_: Some(json!({"tenant": 1}).as_object().unwrap().clone()),
+            ..Filter::default()
+        });
+        s.scope = Some(serde_json::from_value(json!({"tables": ["equipment"]})).unwrap());
+        s.set_watermark("equipment", 2);
+        let mut rename = event(3, 0, 1, "instruments");
+        rename[0].schema = Some(SchemaChange {
+            renamed_from: Some("equipment".into()),
+        });
+        rename[0].rows = Arc::new((None, None));
+        hub.publish(event(1, 0, 1, "equipment"), 0);
+        hub.publish(rename, 0);
+        hub.publish(event(5, 0, 1, "instruments"), 0);
+        hub.publish(event(7, 0, 1, "equipment"), 0);
+        // Seq 1 is in the snapshot; the schema change passes `where` (it is
+        // not a row); the watermark moved with the name.
+        assert_eq!(take(&mut s, 4).await, ["3.0", "whole 3", "5.0", "whole 5"]);
+        assert!(take(&mut s, 1).await.is_empty(), "a new table of the old name is another table");
+        assert_eq!(s.watermarks.get("instruments"), Some(&2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -94,14 +94,16 @@ pub async fn events(
         })?),
     };
     let mut refresh = None;
-    if let Some(after) = &after {
-        match verbs::resume_from(&state, after).await? {
+    match &after {
+        None => sub.follow_renames(),
+        Some(after) => match verbs::resume_from(&state, after).await? {
             ResumeFrom::Replay { after, position, .. } => sub.resume_after(after, &position),
             ResumeFrom::Refresh { reason, oldest } => {
+                sub.follow_renames();
                 let live = Position::parse(sub.last_position());
                 refresh = Some(message(&ServerMessage::refresh_needed(reason, after.seq, oldest, live)));
             }
-        }
+        },
     }
     let connected = ServerMessage::Connected {
         connection_id: uuid::Uuid::new_v4(),

@@ -157,6 +157,8 @@ impl State {
         self.position = (change.seq, change.id);
         let outcome = if change.op == Op::Truncate {
             self.truncate(change)
+        } else if change.op == Op::Schema {
+            Self::reshaped(change)
         } else {
             match (change.table.as_str(), old, new) {
                 ("users", old, new) => {
@@ -205,6 +207,26 @@ impl State {
             messages: vec![Message {
                 kind: "refresh_needed",
                 data: json!({"reason": "truncate", "table": change.table}),
+                audience: Audience::Pearl,
+                derived: false,
+            }],
+        }
+    }
+
+    /// A PEARL table changed shape (or name): PEARL's clients re-read it, as
+    /// they do after a truncate. The typed rows follow added columns; a row
+    /// that no longer fits its type goes out generic and is counted.
+    fn reshaped(change: &Change) -> Outcome {
+        let table = change.renamed_from().unwrap_or(&change.table);
+        if !super::is_pearl_table(table) && !super::is_pearl_table(&change.table) {
+            return Outcome::row_only();
+        }
+        Outcome {
+            row_audience: Audience::Native,
+            unresolved_count: None,
+            messages: vec![Message {
+                kind: "refresh_needed",
+                data: json!({"reason": "schema_changed", "table": change.table}),
                 audience: Audience::Pearl,
                 derived: false,
             }],

@@ -120,6 +120,7 @@ impl Session {
                 }
                 self.expires = grant.deadline();
                 self.sub.scope = Some(grant.scope);
+                self.sub.follow_renames();
                 self.reply(
                     socket,
                     &ServerMessage::AuthOk {
@@ -191,12 +192,16 @@ impl Session {
         self.reply(socket, &reply).await?;
         self.sub.filter = Some(filter);
         match start {
-            None => Ok(()),
+            None => {
+                self.sub.follow_renames();
+                Ok(())
+            }
             Some((_, ResumeFrom::Replay { after, position, .. })) => {
                 self.sub.resume_after(after, &position);
                 Ok(())
             }
             Some((from, ResumeFrom::Refresh { reason, oldest })) => {
+                self.sub.follow_renames();
                 self.refresh_needed(socket, reason, from, oldest).await
             }
         }

@@ -89,6 +89,10 @@ impl Session {
                 ..Filter::default()
             });
         }
+        if opening.after.is_none() {
+            // With `?after=`, the replay resolves them as of its start.
+            sub.follow_renames();
+        }
         let expires = match &opening.access {
             Access::Granted(grant) => grant.deadline(),
             _ => None,
