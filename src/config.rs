@@ -163,6 +163,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGFEED_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Do not apply pending migrations at start (a DBA applies them with
+    /// `pgfeed migrate`, e.g. while the running release keeps serving); the
+    /// server says which are pending and serves what the installed ones give.
+    #[arg(long, env = "PGFEED_NO_MIGRATE")]
+    pub no_migrate: bool,
+
     /// Serve PEARL's REST writes (POST/PUT/PATCH/DELETE /api/v1/<table>) on tracked tables.
     /// The server's role then needs INSERT, UPDATE and DELETE on those tables.
     #[arg(long, env = "PGFEED_ENABLE_WRITES")]

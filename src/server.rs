@@ -35,6 +35,8 @@ pub struct Settings {
     pub insecure: bool,
     /// Serve HTTPS/WSS with this configuration (`--tls-cert`, `--tls-key`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Apply pending migrations at start (unset by `--no-migrate`).
+    pub migrate: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             auth: None,
             insecure: false,
             tls: None,
+            migrate: true,
         }
     }
 }
@@ -99,6 +102,7 @@ impl TryFrom<&ServeArgs> for Settings {
             },
             auth: auth.map(Arc::new),
             insecure: args.insecure,
+            migrate: !args.no_migrate,
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => Some(http::tls::config(cert, key)?),
                 _ => None,
@@ -139,13 +143,29 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         tracing::warn!(bind = %settings.bind, "serving WITHOUT authentication on a non-loopback address (--insecure): anyone who can reach the port reads every tracked row");
     }
     let pool = db::pool(url, settings.db_pool).await?;
-    for applied in crate::install::migrate(&pool, false).await? {
-        tracing::info!(
-            set = applied.set,
-            version = applied.version,
-            description = applied.description,
-            "applied migration"
-        );
+    if settings.migrate {
+        for applied in crate::install::migrate(&pool, false).await? {
+            tracing::info!(
+                set = applied.set,
+                version = applied.version,
+                description = applied.description,
+                "applied migration"
+            );
+        }
+    } else {
+        let statuses = crate::db::migrate::CAPTURE.status(&pool).await?;
+        if !statuses.iter().any(|m| m.applied) {
+            anyhow::bail!(
+                "pgfeed is not installed in this database: run `pgfeed migrate` (or start without --no-migrate)"
+            );
+        }
+        for pending in statuses.iter().filter(|m| !m.applied) {
+            tracing::warn!(
+                version = pending.version,
+                description = pending.description,
+                "migration pending (--no-migrate): run `pgfeed migrate`"
+            );
+        }
     }
     if crate::install::tracked_count(&pool).await? == 0 {
         tracing::warn!(

@@ -212,17 +212,22 @@ async fn every_pearl_entity_and_every_derived_event() {
     assert_eq!(immediate[1]["tx_size"], 2);
     assert_commit_order(&immediate);
 
-    // A column added by a DBA: kept in data, and the row is still typed.
+    // A column added by a DBA: said first, kept in data, and the row is still typed.
     db.exec("ALTER TABLE studies ADD COLUMN phase text; UPDATE studies SET phase = 'III' WHERE id = 1")
         .await;
-    let drifted = client.events(1).await;
+    let drifted = client.events(2).await;
+    assert_eq!(drifted[0]["type"], "study_schema_changed");
+    assert_eq!(drifted[0]["data"]["change"], "add_column");
+    let drifted = &drifted[1..];
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["phase"], "III");
     assert_eq!(server.state.metrics.events_untyped.get(), 0);
     // A column pgfeed needs renamed away: still delivered (generic), and counted.
     db.exec("ALTER TABLE studies RENAME COLUMN study_label TO label; UPDATE studies SET label = 'X' WHERE id = 1")
         .await;
-    let drifted = client.events(1).await;
+    let drifted = client.events(2).await;
+    assert_eq!(drifted[0]["data"]["change"], "rename_column");
+    let drifted = &drifted[1..];
     assert_eq!(drifted[0]["type"], "study_updated");
     assert_eq!(drifted[0]["data"]["label"], "X");
     assert_eq!(server.state.metrics.events_untyped.get(), 1, "counted once per change");

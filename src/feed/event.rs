@@ -166,7 +166,11 @@ impl Encoder<'_> {
         let own_kind = format!("{}_{}", change.prefix, change.op.verb());
         let count = 1 + outcome.messages.len();
         // A schema change's document is its data, not a row: filters and scopes never read it.
-        let schema_doc = if change.op == Op::Schema { change.new.take() } else { None };
+        let schema_doc = if change.op == Op::Schema {
+            change.new.take()
+        } else {
+            None
+        };
         let rows = Arc::new((change.new.take(), change.old.take()));
         let truncated;
         // The row event's data is the row itself, not a copy of it.

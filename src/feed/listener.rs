@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::bounded::{within, WorkLimit, ROUND_TRIP_TIMEOUT};
 use super::change::{Change, Notice};
+use super::event::SchemaChange;
 use super::event::{Encoder, Interned};
 use super::hub::Hub;
 use super::log;
-use super::event::SchemaChange;
 use super::pearl;
 use super::renames::Renames;
 use super::sequencer::Sequencer;

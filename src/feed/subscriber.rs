@@ -721,7 +721,10 @@ mod tests {
         // Seq 1 is in the snapshot; the schema change passes `where` (it is
         // not a row); the watermark moved with the name.
         assert_eq!(take(&mut s, 4).await, ["3.0", "whole 3", "5.0", "whole 5"]);
-        assert!(take(&mut s, 1).await.is_empty(), "a new table of the old name is another table");
+        assert!(
+            take(&mut s, 1).await.is_empty(),
+            "a new table of the old name is another table"
+        );
         assert_eq!(s.watermarks.get("instruments"), Some(&2));
     }
 

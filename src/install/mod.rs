@@ -147,6 +147,7 @@ BEGIN
 END;
 $$;
 DROP EVENT TRIGGER IF EXISTS pgfeed_forget_dropped;
+DROP EVENT TRIGGER IF EXISTS pgfeed_follow_ddl;
 DROP SCHEMA IF EXISTS pgfeed CASCADE;
 COMMIT;
 "#;
