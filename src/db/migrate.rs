@@ -84,6 +84,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "schema changes are events; renames are followed; partitions are captured",
             sql: include_str!("../../migrations/capture/0011_schema_changes_are_events.sql"),
         },
+        Migration {
+            version: 12,
+            description: "the log rotates: retention drops whole units",
+            sql: include_str!("../../migrations/capture/0012_the_log_rotates.sql"),
+        },
     ],
 };
 

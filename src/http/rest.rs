@@ -78,7 +78,9 @@ async fn unready_reason(state: &AppState) -> Option<String> {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let read: sqlx::Result<(f64, f64, i64, i64)> = sqlx::query_as(
         "SELECT pg_notification_queue_usage(),
-                (SELECT reltuples FROM pg_class WHERE oid = 'pgfeed.events'::regclass)::float8,
+                (SELECT sum(GREATEST(c.reltuples, 0)) FROM pg_class c
+                  WHERE (c.oid = 'pgfeed.events'::regclass AND c.relkind = 'r')
+                     OR c.oid IN (SELECT p.relid FROM pg_partition_tree('pgfeed.events') p WHERE p.isleaf))::float8,
                 (SELECT pruned_through FROM pgfeed.retention),
                 (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8",
     )
