@@ -240,18 +240,19 @@ BEGIN
     -- 4. The next unit, made while the newest has half its ids left.
     current := pg_current_xact_id();
     SELECT * INTO unit FROM pgfeed.log_units u ORDER BY u.hi DESC LIMIT 1;
-    rate := (current::text::numeric - unit.made_at_xid::text::numeric)
-            / GREATEST(extract(epoch FROM clock_timestamp() - unit.made_at), 1);
+    rate := COALESCE((current::text::numeric - unit.made_at_xid::text::numeric)
+                     / GREATEST(extract(epoch FROM clock_timestamp() - unit.made_at), 1), 0);
     width := LEAST(GREATEST(rate * extract(epoch FROM keep) / 4, settings.min_width), settings.max_width);
-    IF pgfeed.xid_plus(current, width / 2) >= unit.hi THEN
+    -- (No unit left: every one was finished, empty or old, and dropped.)
+    IF unit.hi IS NULL OR pgfeed.xid_plus(current, width / 2) >= unit.hi THEN
         -- Above anything that went to the overflow (every server was stopped
         -- longer than the newest unit lasted), and above the ids in use.
-        lo := GREATEST(unit.hi,
+        lo := GREATEST(unit.hi, current,
                        pgfeed.xid_plus((SELECT max(e.tx) FROM pgfeed.events_overflow e), 1),
                        pgfeed.xid_plus((SELECT max(c.tx) FROM pgfeed.commits_overflow c), 1));
         PERFORM set_config('lock_timeout', (extract(epoch FROM settings.lock_timeout) * 1000)::bigint::text, true);
         BEGIN
-            PERFORM pgfeed.add_unit(lo, pgfeed.xid_plus(GREATEST(lo, current), width));
+            PERFORM pgfeed.add_unit(lo, pgfeed.xid_plus(lo, width));
         EXCEPTION WHEN check_violation OR lock_not_available THEN
             -- A writer's row reached the overflow meanwhile, or a lock was busy: next time.
             RAISE NOTICE 'pgfeed.prune: the next unit is made at the next prune';

@@ -1,0 +1,168 @@
+//! Retention by rotation (ARCHITECTURE.md §2): the log is kept in units of
+//! transaction ids, and trimming it drops whole units. Replay crosses unit
+//! boundaries, a resume into a dropped range gets `refresh_needed`/`pruned`,
+//! and writers that outrun rotation lose nothing. Every test compares what a
+//! client received with the log.
+
+mod common;
+
+use common::{assert_matches_log, Client, TestDb};
+use serde_json::json;
+
+/// Units of `width` transaction ids from here on: spends the ids left in the
+/// unit the installation made, then lets prune make a small one.
+async fn small_units(db: &TestDb, width: i64) {
+    db.exec(&format!(
+        "UPDATE pgfeed.rotation SET min_width = {width}, max_width = {width};
+         CREATE TABLE spent_ids (n int);"
+    ))
+    .await;
+    let left = db
+        .scalar_i64(
+            "SELECT max(hi::text::bigint) - pg_current_xact_id()::text::bigint FROM pgfeed.log_units",
+        )
+        .await;
+    // Each subtransaction that writes takes an id of its own.
+    db.exec(&format!(
+        "DO $$ BEGIN FOR i IN 0..{left} LOOP
+             BEGIN INSERT INTO spent_ids VALUES (i); EXCEPTION WHEN others THEN NULL; END;
+         END LOOP; END $$;"
+    ))
+    .await;
+    db.tick().await;
+    db.exec("SELECT pgfeed.prune(interval '1 hour')").await;
+}
+
+async fn units(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar("SELECT events FROM pgfeed.log_units ORDER BY hi")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn retention_drops_whole_units_and_replay_crosses_them() {
+    let db = TestDb::new().await;
+    small_units(&db, 6).await;
+    let server = db.server().await;
+    let mut live = Client::connect(&server, "/ws").await;
+    live.next_of("connected").await;
+    let start = live.subscribe(json!({"tables": ["studies"]})).await["position"].clone();
+    let start_seq: i64 = start.as_str().unwrap().split('.').next().unwrap().parse().unwrap();
+    for i in 0..24 {
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('s{i}')")).await;
+        if i % 2 == 1 {
+            db.exec("SELECT pgfeed.prune(interval '1 hour')").await;
+        }
+    }
+    let events = live.events(24).await;
+    assert_matches_log(&db, &events, start_seq).await;
+    let before = units(&db).await;
+    assert!(before.len() >= 4, "the log rotated: {before:?}");
+
+    // A replay from the start crosses every unit boundary.
+    let mut replay = Client::connect(&server, "/ws").await;
+    replay.next_of("connected").await;
+    replay
+        .send(json!({"action": "subscribe", "tables": ["studies"], "after": start}))
+        .await;
+    replay.next_of("subscribed").await;
+    assert_eq!(replay.events(24).await, events);
+
+    // The first half ages past retention.
+    let half = events[11]["seq"].as_i64().unwrap();
+    db.exec(&format!(
+        "UPDATE pgfeed.commits SET committed_at = now() - interval '2 days' WHERE seq <= {half}"
+    ))
+    .await;
+    // A unit is dropped once every transaction of its range has finished:
+    // in this shared cluster, other tests' transactions may still run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let after = loop {
+        db.tick().await;
+        db.exec("SELECT pgfeed.prune(interval '1 hour')").await;
+        let after = units(&db).await;
+        if after.len() < before.len() || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let gone: Vec<&String> = before.iter().filter(|u| !after.contains(u)).collect();
+    assert!(!gone.is_empty(), "whole units dropped: {before:?} -> {after:?}");
+    for unit in &gone {
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(unit)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(exists, None, "{unit} is dropped, not emptied");
+    }
+    // The mark: everything at or below it is gone, everything above it is whole.
+    let mark = db.scalar_i64("SELECT pruned_through FROM pgfeed.retention").await;
+    assert!(mark >= half, "{mark} < {half}");
+    assert_eq!(
+        db.scalar_i64(&format!("SELECT count(*) FROM pgfeed.commits WHERE seq <= {mark}")).await,
+        0
+    );
+    let kept: Vec<_> = events.iter().filter(|e| e["seq"].as_i64().unwrap() > mark).cloned().collect();
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM pgfeed.commits c JOIN pgfeed.events e USING (tx) WHERE c.seq > {mark} AND c.seq <= {}",
+            events[23]["seq"]
+        ))
+        .await,
+        kept.len() as i64
+    );
+
+    // Resuming into the dropped range: refresh_needed, pruned.
+    let mut late = Client::connect(&server, "/ws").await;
+    late.next_of("connected").await;
+    late.send(json!({"action": "subscribe", "tables": ["studies"], "after": start}))
+        .await;
+    let refresh = late.next_of("refresh_needed").await;
+    assert_eq!(refresh["reason"], "pruned");
+    // Resuming at the mark: everything after it, across the units left.
+    let mut resumed = Client::connect(&server, "/ws").await;
+    resumed.next_of("connected").await;
+    resumed
+        .send(json!({"action": "subscribe", "tables": ["studies"], "after": mark}))
+        .await;
+    resumed.next_of("subscribed").await;
+    assert_eq!(resumed.events(kept.len()).await, kept);
+
+    // The live client goes on untouched.
+    db.exec("INSERT INTO studies (study_label) VALUES ('after')").await;
+    assert_eq!(live.events(1).await[0]["data"]["study_label"], "after");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn writers_that_outrun_rotation_lose_nothing() {
+    let db = TestDb::new().await;
+    small_units(&db, 16).await;
+    let server = db.server().await;
+    let mut client = Client::connect(&server, "/ws").await;
+    client.next_of("connected").await;
+    let start = client.subscribe(json!({"tables": ["studies"]})).await["position"].clone();
+    let start_seq: i64 = start.as_str().unwrap().split('.').next().unwrap().parse().unwrap();
+    // Nobody prunes: the writers pass the newest unit.
+    for i in 0..60 {
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('o{i}')")).await;
+    }
+    let events = client.events(60).await;
+    assert_matches_log(&db, &events, start_seq).await;
+    assert!(db.scalar_i64("SELECT count(*) FROM pgfeed.events_overflow").await > 0);
+    // Rotation picks up above what overflowed, and the overflow is trimmed by age.
+    db.exec("SELECT pgfeed.prune(interval '1 hour')").await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('in a unit again')").await;
+    assert_eq!(client.events(1).await[0]["data"]["study_label"], "in a unit again");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pgfeed.events_overflow WHERE table_name = 'studies' AND new->>'study_label' = 'in a unit again'")
+            .await,
+        0
+    );
+    db.exec("UPDATE pgfeed.commits SET committed_at = now() - interval '2 days'").await;
+    db.exec("SELECT pgfeed.prune(interval '1 hour')").await;
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.events_overflow").await, 0);
+    server.stop().await.unwrap();
+}
