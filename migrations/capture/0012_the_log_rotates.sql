@@ -185,8 +185,8 @@ CREATE OR REPLACE FUNCTION pgfeed.prune(keep interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     settings  pgfeed.rotation;
-    finished  xid8 := (SELECT pg_snapshot_xmin(q.seen) FROM pgfeed.sequencer q);
-    cutoff    timestamptz := clock_timestamp() - keep;
+    finished  xid8;
+    cutoff    timestamptz;
     unit      pgfeed.log_units;
     newest    record;
     removed   bigint := 0;
@@ -197,7 +197,12 @@ DECLARE
     lo        xid8;
     waited    text := current_setting('lock_timeout');
 BEGIN
+    -- One prune at a time (every server runs one): the next reads what the
+    -- previous one left.
+    PERFORM pg_advisory_xact_lock(1885824613, 4);
     SELECT * INTO settings FROM pgfeed.rotation;
+    finished := (SELECT pg_snapshot_xmin(q.seen) FROM pgfeed.sequencer q);
+    cutoff := clock_timestamp() - keep;
 
     -- 1. Whole units, oldest first.
     PERFORM set_config('lock_timeout', (extract(epoch FROM settings.lock_timeout) * 1000)::bigint::text, true);

@@ -14,6 +14,9 @@
 //!   beside a bare tokio server writing pre-encoded frames to as many sockets.
 //! - `memory` ([`memory`]): the server's resident memory per idle WebSocket,
 //!   beside a bare server holding as many plain TCP connections.
+//! - `retention` ([`retention`]): trimming the log by dropping whole units
+//!   beside DELETE (the release before it): time and WAL to trim, and the
+//!   writers' rate while retention runs.
 //!
 //! Socket scenarios run their servers in processes of their own ([`peer`]), so
 //! each server's memory and CPU are its own, not the clients'; the latency
@@ -25,6 +28,7 @@ mod fanout;
 mod latency;
 mod memory;
 pub mod peer;
+mod retention;
 pub mod swarm;
 mod write;
 
@@ -64,6 +68,8 @@ pub enum Scenario {
     Fanout,
     /// Server RSS per idle WebSocket vs per idle plain TCP connection.
     Memory,
+    /// Trimming the log: rotation vs DELETE (time, WAL, writers' rate meanwhile).
+    Retention,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -104,6 +110,10 @@ pub struct BenchArgs {
     /// Transactions per second (one event each) for `latency`.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+
+    /// Millions of log rows `retention` trims (default 2; 0.1 with --quick).
+    #[arg(long)]
+    pub million_rows: Option<f64>,
 
     /// Write-path variants for `write`, comma-separated (default: all of them).
     #[arg(long, value_delimiter = ',')]
@@ -230,6 +240,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if wants(Scenario::Memory) {
         let clients = args.clients.unwrap_or(if args.quick { 500 } else { 10_000 });
         figures.extend(memory::run(&setup, clients).await?);
+    }
+    if wants(Scenario::Retention) {
+        let millions = args.million_rows.unwrap_or(if args.quick { 0.1 } else { 2.0 });
+        figures.extend(retention::run(&setup, millions).await?);
     }
     if args.json {
         println!("{}", serde_json::json!({"setup": header, "figures": figures}));

@@ -31,12 +31,18 @@ pub struct Peer {
 impl Peer {
     /// `pgfeed serve` on `url`, on a free loopback port, with room for `clients` connections.
     pub async fn pgfeed(url: &str, clients: usize) -> Result<Peer> {
+        Peer::pgfeed_with(url, clients, &[]).await
+    }
+
+    /// The same, with more settings in its environment.
+    pub async fn pgfeed_with(url: &str, clients: usize, env: &[(&str, &str)]) -> Result<Peer> {
         let mut command = Command::new(std::env::current_exe()?);
         command
             .args(["serve", "--bind", "127.0.0.1:0", "--max-connections"])
             .arg((clients + 16).to_string())
             .env("DATABASE_URL", url)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         Peer::spawn(command, "pgfeed listening on http://").await
     }
 
