@@ -387,7 +387,10 @@ async fn bench_quick_reports_every_figure() {
     let scenarios: Vec<&str> = figures.iter().map(|f| f["scenario"].as_str().unwrap()).collect();
     let mut distinct = scenarios.clone();
     distinct.dedup();
-    assert_eq!(distinct, ["write", "keepup", "replay", "latency", "fanout", "memory"]);
+    assert_eq!(
+        distinct,
+        ["write", "keepup", "replay", "latency", "fanout", "memory", "retain"]
+    );
     // Every write path beside the references, and the three fan-out figures at
     // 1,000 clients: deliveries/s against both targets, and server CPU per delivery.
     assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 7, "{figures:?}");

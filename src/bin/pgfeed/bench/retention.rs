@@ -38,32 +38,11 @@ struct Log {
 }
 
 pub async fn run(setup: &Setup, million_rows: f64) -> Result<Vec<Figure>> {
-    let delete_url = sibling_database(&setup.url, "pgfeed_bench_delete").await?;
-    let delete_pool = PgPoolOptions::new()
-        .max_connections(setup.writers as u32 + 4)
-        .connect(&delete_url)
-        .await?;
-    DELETE_RELEASE.apply(&delete_pool).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE bench_tracked (id bigserial PRIMARY KEY, label text NOT NULL, n integer NOT NULL DEFAULT 0,
-                                     updated_at timestamptz NOT NULL DEFAULT now());
-         SELECT pgfeed.track('bench_tracked', 'bench');",
-    )
-    .execute(&delete_pool)
-    .await?;
+    // Both fresh, side by side: the bench database's units are sized for
+    // whatever ran before.
     let logs = [
-        Log {
-            name: "rotation",
-            pool: setup.pool.clone(),
-            url: setup.url.clone(),
-            rotates: true,
-        },
-        Log {
-            name: "DELETE",
-            pool: delete_pool.clone(),
-            url: delete_url.clone(),
-            rotates: false,
-        },
+        Log::install(setup, "rotation", &CAPTURE).await?,
+        Log::install(setup, "DELETE", &DELETE_RELEASE).await?,
     ];
     let rows = (million_rows * 1e6) as i64;
     let mut trims = Vec::new();
@@ -80,7 +59,9 @@ pub async fn run(setup: &Setup, million_rows: f64) -> Result<Vec<Figure>> {
             rates[i].push(write_while_pruning(log, setup).await?);
         }
     }
-    delete_pool.close().await;
+    for log in &logs {
+        log.pool.close().await;
+    }
 
     let (rotated, deleted) = (&trims[0], &trims[1]);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -101,10 +82,15 @@ pub async fn run(setup: &Setup, million_rows: f64) -> Result<Vec<Figure>> {
             deleted.wal_bytes / 1e6,
             "report",
         ),
-        Figure::versus(
+        Figure::alone(
             "retain",
-            "s, WAL MB of the vacuum after DELETE (rotation: none)".into(),
+            "s of the vacuum after DELETE (rotation: nothing to vacuum)".into(),
             deleted.vacuum_seconds,
+            "report",
+        ),
+        Figure::alone(
+            "retain",
+            "WAL MB of the vacuum after DELETE".into(),
             deleted.vacuum_wal_bytes / 1e6,
             "report",
         ),
@@ -120,6 +106,33 @@ pub async fn run(setup: &Setup, million_rows: f64) -> Result<Vec<Figure>> {
             ">= 1.0",
         ),
     ])
+}
+
+impl Log {
+    /// A database of its own beside the bench database, with `migrations`
+    /// and the bench table tracked.
+    async fn install(setup: &Setup, name: &'static str, migrations: &MigrationSet) -> Result<Log> {
+        let database = format!("pgfeed_bench_{}", name.to_lowercase());
+        let url = sibling_database(&setup.url, &database).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(setup.writers as u32 + 4)
+            .connect(&url)
+            .await?;
+        migrations.apply(&pool).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE bench_tracked (id bigserial PRIMARY KEY, label text NOT NULL, n integer NOT NULL DEFAULT 0,
+                                         updated_at timestamptz NOT NULL DEFAULT now());
+             SELECT pgfeed.track('bench_tracked', 'bench');",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(Log {
+            name,
+            pool,
+            url,
+            rotates: migrations.migrations.len() == CAPTURE.migrations.len(),
+        })
+    }
 }
 
 /// A database beside the bench database, made anew.
