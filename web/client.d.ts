@@ -23,7 +23,7 @@ export interface FeedEvent<Row = Record<string, unknown>> {
   data: Row;
   seq: number;
   table: string;
-  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE" | "SCHEMA";
   changed?: string[];
   actor: string | null;
   timestamp: string;

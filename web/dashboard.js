@@ -21,7 +21,8 @@ class LiveTable {
     this.onChange();
   }
   apply(event) {
-    if (event.derived || event.table !== this.table) return;
+    // A schema change is not a row: the page re-reads the table (below).
+    if (event.derived || event.table !== this.table || event.op === "SCHEMA") return;
     if (event.op === "TRUNCATE") this.rows.clear();
     else if (event.op === "DELETE") this.rows.delete(event.data.id);
     else {
@@ -181,6 +182,8 @@ feed.on("poll", (snapshot) => views.get(snapshot.table)?.load(snapshot));
 feed.on("*", (event) => {
   window.__pgfeed.events.push({ seq: event.seq, tx_index: event.tx_index, type: event.type, derived: !!event.derived, data: event.data });
   views.get(event.table)?.apply(event);
+  // The table's columns (or name) changed: its rows are read again in their new shape.
+  if (event.op === "SCHEMA" && views.has(event.table)) load(event.table);
   $("#position").textContent = `seq ${event.seq}`;
   const item = document.createElement("li");
   item.innerHTML = `<span class="seq">#${event.seq}</span>${escape(event.type)} ${escape(JSON.stringify(event.data).slice(0, 140))}`;
