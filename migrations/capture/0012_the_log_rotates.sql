@@ -186,6 +186,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     settings  pgfeed.rotation;
     finished  xid8;
+    horizon   xid8;
     cutoff    timestamptz;
     unit      pgfeed.log_units;
     newest    record;
@@ -201,7 +202,17 @@ BEGIN
     -- previous one left.
     PERFORM pg_advisory_xact_lock(1885824613, 4);
     SELECT * INTO settings FROM pgfeed.rotation;
+    -- Below `finished` every transaction has ended and every committed one
+    -- has its seq: the last tick's xmin, or, when nothing it has not seen
+    -- logged a row since (a tick with nothing new leaves its snapshot as it
+    -- was), the xmin of now.
     finished := (SELECT pg_snapshot_xmin(q.seen) FROM pgfeed.sequencer q);
+    horizon := pg_snapshot_xmin(pg_current_snapshot());
+    IF NOT EXISTS (SELECT 1 FROM pgfeed.events e
+                    WHERE e.tx >= finished AND e.tx < horizon
+                      AND NOT EXISTS (SELECT 1 FROM pgfeed.commits c WHERE c.tx = e.tx)) THEN
+        finished := GREATEST(finished, horizon);
+    END IF;
     cutoff := clock_timestamp() - keep;
 
     -- 1. Whole units, oldest first.
