@@ -163,6 +163,18 @@ pub struct ServeArgs {
     #[arg(long, env = "PGFEED_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// WebSocket endpoints whose connections get a default subscription (every
+    /// change their token may see) until they send `subscribe`, for clients that
+    /// never do (Heimdall's broadcast, HyCON): `updates` (/ws/updates), `ws` (/ws),
+    /// both (`ws,updates`), or `none`.
+    #[arg(
+        long,
+        env = "PGFEED_DEFAULT_SUBSCRIPTION",
+        value_delimiter = ',',
+        default_value = "updates"
+    )]
+    pub default_subscription: Vec<DefaultSubscription>,
+
     /// Do not apply pending migrations at start (a DBA applies them with
     /// `pgfeed migrate`, e.g. while the running release keeps serving); the
     /// server says which are pending and serves what the installed ones give.
@@ -173,6 +185,17 @@ pub struct ServeArgs {
     /// The server's role then needs INSERT, UPDATE and DELETE on those tables.
     #[arg(long, env = "PGFEED_ENABLE_WRITES")]
     pub enable_writes: bool,
+}
+
+/// An endpoint that subscribes its connections to everything until they subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultSubscription {
+    /// `/ws` (and `/ws?envelope=event`).
+    Ws,
+    /// `/ws/updates`.
+    Updates,
+    /// Neither.
+    None,
 }
 
 /// Parses `500ms`, `30s`, `15m`, `24h`, `7d` (or a bare number of seconds).

@@ -294,11 +294,16 @@ pub enum ServerMessage<'a> {
         expires_at: u64,
     },
     /// First message on `/ws` (and on `/events`): live delivery starts after `position`.
+    /// In the event envelope, `connection_id` and `workspace_id` are also at
+    /// the top level, where Shadower's clients read them.
     Connected {
         connection_id: uuid::Uuid,
         seq: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         position: Option<Position>,
+        /// `?workspace_id=` of the connection (Shadower), as given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace_id: Option<Value>,
     },
     Pong,
     /// Sent at every heartbeat: the newest transaction this instance has
@@ -469,6 +474,13 @@ impl ServerMessage<'_> {
                     unreachable!("a tagged enum serializes to an object")
                 };
                 let event = fields.remove("type").unwrap_or(Value::Null);
+                let hoisted: Vec<(&str, Value)> = match self {
+                    ServerMessage::Connected { .. } => ["connection_id", "workspace_id"]
+                        .into_iter()
+                        .filter_map(|key| Some((key, fields.get(key)?.clone())))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let data = match (fields.remove("data"), fields.is_empty()) {
                     (Some(data), true) => data,
                     (Some(data), false) => {
@@ -477,7 +489,13 @@ impl ServerMessage<'_> {
                     }
                     (None, _) => Value::Object(fields),
                 };
-                serde_json::json!({"event": event, "data": data, "timestamp": now_utc()}).to_string()
+                let mut message = serde_json::json!({"event": event});
+                for (key, value) in hoisted {
+                    message[key] = value;
+                }
+                message["data"] = data;
+                message["timestamp"] = now_utc().into();
+                message.to_string()
             }
         }
     }
@@ -549,10 +567,14 @@ mod tests {
             connection_id: uuid::Uuid::nil(),
             seq: 4,
             position: None,
+            workspace_id: Some(serde_json::json!("ws-1")),
         }
         .encode(Envelope::Event);
         let connected: Value = serde_json::from_str(&connected).unwrap();
         assert_eq!(connected["data"]["seq"], 4);
+        // Shadower's shape: the connection and workspace at the top level.
+        assert_eq!(connected["connection_id"], uuid::Uuid::nil().to_string());
+        assert_eq!(connected["workspace_id"], "ws-1");
         assert_eq!(ServerMessage::Pong.encode(Envelope::Type), r#"{"type":"pong"}"#);
     }
 
@@ -566,6 +588,7 @@ mod tests {
                 connection_id: uuid::Uuid::nil(),
                 seq: 3,
                 position: Position::parse("3.0000abcd"),
+                workspace_id: None,
             },
             ServerMessage::Pong,
             ServerMessage::Heartbeat {

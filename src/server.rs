@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{defaults, ServeArgs};
+use crate::config::{defaults, DefaultSubscription, ServeArgs};
 use crate::db;
 use crate::feed::listener::Listener;
 use crate::feed::log;
@@ -99,6 +99,8 @@ impl TryFrom<&ServeArgs> for Settings {
                 auth_timeout: args.auth_timeout,
                 allowed_origins: args.allowed_origins.clone(),
                 stall_timeout: args.stall_timeout,
+                subscribe_all_on_ws: args.default_subscription.contains(&DefaultSubscription::Ws),
+                subscribe_all_on_updates: args.default_subscription.contains(&DefaultSubscription::Updates),
             },
             auth: auth.map(Arc::new),
             insecure: args.insecure,

@@ -210,6 +210,7 @@ fn every_server_message_type() -> Vec<String> {
             connection_id: uuid::Uuid::nil(),
             seq: 0,
             position: None,
+            workspace_id: None,
         },
         ServerMessage::AuthOk { expires_at: 0 },
         ServerMessage::Pong,

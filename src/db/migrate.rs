@@ -89,6 +89,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "the log rotates: retention drops whole units",
             sql: include_str!("../../migrations/capture/0012_the_log_rotates.sql"),
         },
+        Migration {
+            version: 13,
+            description: "event names of a table's own",
+            sql: include_str!("../../migrations/capture/0013_event_names_of_ones_own.sql"),
+        },
     ],
 };
 

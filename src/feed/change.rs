@@ -98,6 +98,8 @@ pub enum Notice {
     Wake,
     /// `{"seq": N}`: a tick gave seqs up to N.
     Sequenced(i64),
+    /// `{"tracked": true}`: what is tracked, or how its events are named, changed.
+    Tracked,
     /// Anything else (an older pgfeed's row or commit payloads, say).
     Malformed,
 }
@@ -109,12 +111,20 @@ impl Notice {
         struct Tick {
             seq: i64,
         }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tracked {
+            tracked: bool,
+        }
         if payload.is_empty() {
             return Notice::Wake;
         }
-        match serde_json::from_str::<Tick>(payload) {
-            Ok(tick) => Notice::Sequenced(tick.seq),
-            Err(_) => Notice::Malformed,
+        if let Ok(tick) = serde_json::from_str::<Tick>(payload) {
+            return Notice::Sequenced(tick.seq);
+        }
+        match serde_json::from_str::<Tracked>(payload) {
+            Ok(Tracked { tracked: true }) => Notice::Tracked,
+            _ => Notice::Malformed,
         }
     }
 }
@@ -132,5 +142,6 @@ mod tests {
             Notice::Malformed
         );
         assert_eq!(Notice::parse("garbage"), Notice::Malformed);
+        assert_eq!(Notice::parse(r#"{"tracked":true}"#), Notice::Tracked);
     }
 }

@@ -8,6 +8,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 
 use super::change::{Change, Op};
+use super::kinds::EventNames;
 use super::pearl::{self, Audience};
 use crate::auth::Scope;
 use crate::filter::Filter;
@@ -97,6 +98,8 @@ pub struct Encoder<'a> {
     /// each change once; false for replays, which would count them again.
     pub count_untyped: bool,
     pub names: &'a mut Interned,
+    /// Event names of tables' own.
+    pub kinds: &'a EventNames,
 }
 
 /// Table names and event kinds, each kept once: the events of a table share
@@ -163,7 +166,7 @@ impl Encoder<'_> {
         let (new_row, old_row) = (new_row.and_then(Result::ok), old_row.and_then(Result::ok));
         let outcome = self.pearl.on_change(&change, old_row.as_ref(), new_row.as_ref());
 
-        let own_kind = format!("{}_{}", change.prefix, change.op.verb());
+        let own_kind = self.kinds.name(&change.prefix, change.op.verb());
         let count = 1 + outcome.messages.len();
         // A schema change's document is its data, not a row: filters and scopes never read it.
         let schema_doc = if change.op == Op::Schema {

@@ -26,6 +26,7 @@ use super::change::{Change, Notice};
 use super::event::SchemaChange;
 use super::event::{Encoder, Interned};
 use super::hub::Hub;
+use super::kinds::EventNames;
 use super::log;
 use super::pearl;
 use super::renames::Renames;
@@ -80,6 +81,8 @@ pub struct Listener {
     names: Interned,
     /// The names tracked tables had, for subscriptions that use an old one.
     renames: Arc<std::sync::RwLock<Renames>>,
+    /// Event names of tables' own.
+    event_names: Arc<std::sync::RwLock<Arc<EventNames>>>,
 }
 
 enum Stop {
@@ -114,6 +117,7 @@ impl Listener {
             pearl: feed.pearl.clone(),
             names: Interned::default(),
             renames: feed.renames.clone(),
+            event_names: feed.event_names.clone(),
         }
     }
 
@@ -205,6 +209,7 @@ impl Listener {
         let state = pearl::State::read(&mut tx, head).await?;
         tx.commit().await?;
         *self.renames.write().expect("renames lock") = Renames::load(&self.pool).await?;
+        self.load_event_names().await?;
         self.last_seq = head;
         // A head whose commit row retention removed has no check left.
         self.last_position = position.unwrap_or_else(|| head.to_string()).into();
@@ -321,6 +326,7 @@ impl Listener {
             }
             Notice::Sequenced(seq) if seq > self.last_seq => self.catch_up().await,
             Notice::Sequenced(_) => Ok(()),
+            Notice::Tracked => self.load_event_names().await,
             Notice::Malformed => {
                 self.metrics.notifications_malformed.inc();
                 tracing::warn!("malformed notification on channel pgfeed; reading the log");
@@ -454,6 +460,13 @@ impl Listener {
         }
     }
 
+    /// Event names of tables' own, as the database has them now.
+    async fn load_event_names(&mut self) -> sqlx::Result<()> {
+        let names = EventNames::load(&self.pool).await?;
+        *self.event_names.write().expect("event names lock") = Arc::new(names);
+        Ok(())
+    }
+
     /// Encodes `changes`, then hands their events to the hub together: a
     /// connection woken by the first finds the rest already there and writes
     /// them in one go, not one wake-up and one write each.
@@ -462,11 +475,13 @@ impl Listener {
         let mut written = Vec::with_capacity(changes.len());
         {
             let mut state = self.pearl.lock().expect("pearl state lock");
+            let kinds = self.event_names.read().expect("event names lock").clone();
             let mut encoder = Encoder {
                 metrics: &self.metrics,
                 pearl: &mut state,
                 count_untyped: true,
                 names: &mut self.names,
+                kinds: &kinds,
             };
             for change in changes {
                 let (seq, whole, tx_index) = (change.seq, change.is_last_of_tx(), change.tx_index);

@@ -9,6 +9,7 @@ mod bounded;
 pub mod change;
 pub mod event;
 pub mod hub;
+pub mod kinds;
 pub mod listener;
 pub mod log;
 pub mod pearl;
@@ -22,6 +23,7 @@ use sqlx::PgPool;
 
 use crate::metrics::Metrics;
 use hub::Hub;
+use kinds::EventNames;
 use renames::Renames;
 
 /// The feed of one server. Cheap to clone.
@@ -38,6 +40,8 @@ pub struct Feed {
     pub metrics: Arc<Metrics>,
     /// The names tracked tables had, kept by the listener.
     pub renames: Arc<std::sync::RwLock<Renames>>,
+    /// Event names of tables' own, kept by the listener; shared by every encoder.
+    pub event_names: Arc<std::sync::RwLock<Arc<EventNames>>>,
 }
 
 impl Feed {
@@ -49,6 +53,7 @@ impl Feed {
             pearl: Arc::default(),
             metrics,
             renames: Arc::default(),
+            event_names: Arc::default(),
         }
     }
 }

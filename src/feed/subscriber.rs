@@ -111,11 +111,13 @@ async fn read_ahead(sources: Feed, from: i64, pages: tokio::sync::mpsc::Sender<s
             }
         };
         let end = changes.is_empty();
+        let kinds = sources.event_names.read().expect("event names lock").clone();
         let mut encoder = Encoder {
             metrics: &sources.metrics,
             pearl: &mut state,
             count_untyped: false,
             names: &mut names,
+            kinds: &kinds,
         };
         let events: Vec<Event> = changes.into_iter().flat_map(|change| encoder.encode(change)).collect();
         if pages.send(Ok(events)).await.is_err() || end {
@@ -592,6 +594,7 @@ mod tests {
             pearl: Arc::default(),
             metrics: Arc::default(),
             renames: Arc::default(),
+            event_names: Arc::default(),
         };
         let mut subscriber = Subscriber::new(sources, Audience::Native);
         subscriber.filter = Some(Filter::default());

@@ -109,6 +109,7 @@ pub async fn events(
         connection_id: uuid::Uuid::new_v4(),
         seq: sub.last_seq(),
         position: Position::parse(sub.last_position()),
+        workspace_id: None,
     };
     // The id is the position the stream starts after: a browser that
     // reconnects before any whole transaction resumes from there.

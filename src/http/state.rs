@@ -36,6 +36,10 @@ pub struct Limits {
     /// How long committed transactions may wait for a seq before `/readyz`
     /// says stalled (and a follower fences the leader that does not tick).
     pub stall_timeout: Duration,
+    /// `/ws` connections see everything their token may see until they subscribe.
+    pub subscribe_all_on_ws: bool,
+    /// The same for `/ws/updates` (on by default: Heimdall's broadcast).
+    pub subscribe_all_on_updates: bool,
 }
 
 impl Default for Limits {
@@ -51,6 +55,8 @@ impl Default for Limits {
             auth_timeout: defaults::duration(defaults::AUTH_TIMEOUT),
             allowed_origins: Vec::new(),
             stall_timeout: defaults::duration(defaults::STALL_TIMEOUT),
+            subscribe_all_on_ws: false,
+            subscribe_all_on_updates: true,
         }
     }
 }

@@ -50,6 +50,14 @@ pub struct TrackArgs {
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
 
+    /// Event names of the table's own, as `verb=name` pairs (comma-separated):
+    /// `created=equipment_update,updated=equipment_update,deleted=equipment_deleted`.
+    /// Verbs: created, updated, deleted, truncated, schema_changed; one left out keeps
+    /// <prefix>_<verb>. Shown in `pgfeed.tracked`; kept when the table is tracked
+    /// again without it (`SELECT pgfeed.name_events('t', '{}')` restores the defaults).
+    #[arg(long, value_delimiter = ',', conflicts_with = "preset")]
+    pub event_names: Vec<String>,
+
     /// Track a known set of tables: whichever of them exist.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
@@ -143,13 +151,33 @@ pub async fn track(args: TrackArgs) -> Result<()> {
             }
         }
         (None, Some(table), Some(prefix)) => {
+            let names = event_names(&args.event_names)?;
             super::track(&pool, &table, &prefix, &args.exclude).await?;
-            println!("tracked {table} as {prefix}_*");
+            if names.is_empty() {
+                println!("tracked {table} as {prefix}_*");
+            } else {
+                super::name_events(&pool, &table, &names).await?;
+                let named: Vec<String> = names.iter().map(|(verb, name)| format!("{verb} as {name}")).collect();
+                println!("tracked {table} as {prefix}_*, naming {}", named.join(", "));
+            }
         }
         _ => bail!("name a table and --prefix, or --preset pearl"),
     }
     pool.close().await;
     Ok(())
+}
+
+/// `verb=name` pairs, checked by `pgfeed.name_events`.
+fn event_names(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((verb, name)) if !verb.trim().is_empty() && !name.trim().is_empty() => {
+                Ok((verb.trim().to_string(), name.trim().to_string()))
+            }
+            _ => bail!("--event-names takes verb=name pairs, like created=equipment_update; got `{pair}`"),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Args)]

@@ -88,6 +88,21 @@ pub async fn track(pool: &PgPool, table: &str, prefix: &str, exclude: &[String])
     Ok(())
 }
 
+/// Names the events of tracked `table` (verb → name); none: `<prefix>_<verb>` for all.
+pub async fn name_events(pool: &PgPool, table: &str, names: &[(String, String)]) -> Result<()> {
+    let names: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|(verb, name)| (verb.clone(), name.clone().into()))
+        .collect();
+    sqlx::query("SELECT pgfeed.name_events($1::regclass, $2)")
+        .bind(table)
+        .bind(sqlx::types::Json(names))
+        .execute(pool)
+        .await
+        .with_context(|| format!("naming the events of {table}"))?;
+    Ok(())
+}
+
 /// Stops tracking `table`; its past events stay in the log until pruned. A
 /// table that no longer exists is not tracked (dropping it untracked it):
 /// there is nothing to do, and that is not an error.

@@ -42,7 +42,17 @@ pub async fn general(
         Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
     };
     match query.opening(Protocol::General, envelope, access) {
-        Ok(opening) => upgrade(ws, state, opening),
+        Ok(opening) => {
+            let subscribe_all = state.limits.subscribe_all_on_ws;
+            upgrade(
+                ws,
+                state,
+                Opening {
+                    subscribe_all,
+                    ..opening
+                },
+            )
+        }
         Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
     }
 }
@@ -55,7 +65,17 @@ pub async fn updates(
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     match query.opening(Protocol::General, Envelope::Event, access) {
-        Ok(opening) => upgrade(ws, state, opening),
+        Ok(opening) => {
+            let subscribe_all = state.limits.subscribe_all_on_updates;
+            upgrade(
+                ws,
+                state,
+                Opening {
+                    subscribe_all,
+                    ..opening
+                },
+            )
+        }
         Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
     }
 }
@@ -88,6 +108,7 @@ impl ConnectQuery {
             after,
             access,
             workspace: self.workspace_id.as_deref().map(access::workspace_ids),
+            subscribe_all: false,
         })
     }
 }

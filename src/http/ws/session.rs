@@ -37,6 +37,8 @@ pub struct Opening {
     pub access: Access,
     /// `?workspace_id=` (Shadower): applied to tokens sent later with `auth` too.
     pub workspace: Option<Vec<serde_json::Value>>,
+    /// Everything the token may see until the client subscribes (`--default-subscription`).
+    pub subscribe_all: bool,
 }
 
 /// Items a session takes from its subscriber per wake-up, at most (it then
@@ -88,6 +90,9 @@ impl Session {
                 tables: Some(pearl::TABLES.iter().map(|t| t.to_string()).collect()),
                 ..Filter::default()
             });
+        } else if opening.subscribe_all {
+            // Replaced by the client's own `subscribe`, if it ever sends one.
+            sub.filter = Some(Filter::default());
         }
         if opening.after.is_none() {
             // With `?after=`, the replay resolves them as of its start.
@@ -176,6 +181,11 @@ impl Session {
                     connection_id: self.id,
                     seq: self.sub.last_seq(),
                     position: Position::parse(self.sub.last_position()),
+                    // As the client named it: one workspace, or the list.
+                    workspace_id: self.workspace.as_ref().map(|ids| match ids.as_slice() {
+                        [one] => one.clone(),
+                        many => serde_json::Value::Array(many.to_vec()),
+                    }),
                 };
                 self.reply(socket, &hello).await?;
                 if let Some(after) = opening.after.clone() {

@@ -116,6 +116,7 @@ fn open_with(state: AppState, access: Access) -> Peer {
         after: None,
         access,
         workspace: None,
+        subscribe_all: false,
     };
     let permit = state.connections.clone().try_acquire_owned().unwrap();
     let session = Session::new(state, &opening);
