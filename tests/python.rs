@@ -1,6 +1,7 @@
 //! The Python client (`clients/python`) against a real server and Postgres:
-//! its own tests, run with pytest. A virtual environment with `websockets`
-//! and `pytest` is made in `target/pyenv` when missing (`.ci/run` makes it
+//! its own tests, run with pytest, and the server's `/asyncapi.json` checked
+//! with a real JSON Schema validator (`jsonschema`). A virtual environment
+//! with `websockets`, `pytest` and `jsonschema` is made in `target/pyenv` when missing (`.ci/run` makes it
 //! first); without Python 3 the test fails, never skips.
 
 mod common;
@@ -17,7 +18,7 @@ fn python() -> PathBuf {
     let python = venv.join("bin").join("python");
     let ready = python.exists()
         && Command::new(&python)
-            .args(["-c", "import websockets, pytest"])
+            .args(["-c", "import websockets, pytest, jsonschema"])
             .status()
             .is_ok_and(|s| s.success());
     if !ready {
@@ -28,7 +29,15 @@ fn python() -> PathBuf {
             .expect("python3 is missing: install Python 3 (.ci/run checks it)");
         assert!(made.success(), "python3 -m venv failed");
         let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "websockets>=12", "pytest>=7"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "websockets>=12",
+                "pytest>=7",
+                "jsonschema>=4.18",
+            ])
             .status()
             .unwrap();
         assert!(installed.success(), "pip install websockets pytest failed");

@@ -4,6 +4,7 @@
 //! [`write`]).
 
 pub mod access;
+pub mod asyncapi;
 pub mod error;
 pub mod rest;
 pub mod sse;
@@ -37,7 +38,7 @@ pub fn app(state: AppState) -> Router {
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_types))
         .route("/style.css", get(web::style))
-        .route("/asyncapi.json", get(web::asyncapi))
+        .route("/asyncapi.json", get(asyncapi::document))
         .route("/api/v1", get(rest::tables))
         .route("/api/v1/status", get(rest::status))
         .route("/healthz", get(rest::healthz))

@@ -1,5 +1,5 @@
 //! What a person opens: the live dashboard at `/`, the browser client at
-//! `/client.js` (with `client.d.ts`), and the protocol as an AsyncAPI document.
+//! `/client.js` (with `client.d.ts`). The protocol document is `asyncapi`'s.
 //! The files live in `web/` and are compiled into the binary.
 
 use axum::http::header;
@@ -37,8 +37,4 @@ pub async fn client_types() -> Response {
 
 pub async fn style() -> Response {
     file("text/css; charset=utf-8", include_str!("../../web/style.css"))
-}
-
-pub async fn asyncapi() -> Response {
-    file("application/json", include_str!("../../web/asyncapi.json"))
 }
