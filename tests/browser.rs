@@ -333,3 +333,100 @@ async fn the_dashboard_reloads_its_tables_when_the_history_changes() {
     page.close().await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// `feed.liveTable` in Chromium over a slow link that drops connections, then
+/// across a reinstall: the live table equals the table as SQL has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_table_equals_the_table_after_drops_and_a_reinstall() {
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO studies (study_label) SELECT 'seed-' || g FROM generate_series(1, 5) g")
+        .await;
+    let server = db.server().await;
+    let link = common::SlowLink::start(server.addr.port(), Duration::from_millis(100)).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("live-table").await;
+    page.goto(&format!("http://127.0.0.1:{}/", link.port)).await.unwrap();
+    wait_for(&page, "#badge[data-state='connected']").await;
+    page.execute_async(
+        "const done = arguments[arguments.length - 1];
+         import('/client.js').then(async ({ connect }) => {
+           const feed = connect(location.origin.replace(/^http/, 'ws') + '/ws', { tables: ['studies'] });
+           window.__live = await feed.liveTable('studies');
+           window.__liveFeed = feed;
+           done(true);
+         });",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let shown = || async {
+        let rows = page
+            .execute("return window.__live.rows.map(r => [r.id, r.study_label]);", vec![])
+            .await
+            .unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let table = || async {
+        sqlx::query_as::<_, (i32, String)>("SELECT id, study_label FROM studies ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, label)| (i64::from(id), label))
+            .collect::<Vec<_>>()
+    };
+    let settle = |label: &'static str| {
+        let page = page.clone();
+        async move {
+            for _ in 0..300 {
+                let found = page
+                    .execute(
+                        &format!("return window.__live.rows.some(r => r.study_label === '{label}');"),
+                        vec![],
+                    )
+                    .await
+                    .unwrap();
+                if found == json!(true) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{label} never reached the live table");
+        }
+    };
+    // Writes, updates and deletes while the link drops every connection.
+    for round in 0..4 {
+        for i in 0..10 {
+            db.exec(&format!(
+                "INSERT INTO studies (study_label) VALUES ('r{round}-{i}');
+                 UPDATE studies SET study_label = study_label || '+' WHERE id % 7 = {i};
+                 DELETE FROM studies WHERE id = (SELECT min(id) FROM studies) AND {i} = 5;"
+            ))
+            .await;
+        }
+        link.reset_existing();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    db.exec("INSERT INTO studies (study_label) VALUES ('live-marker-1')")
+        .await;
+    settle("live-marker-1").await;
+    assert_eq!(shown().await, table().await);
+
+    // Reinstalled; meanwhile a write no trigger saw: only a re-read shows it.
+    pgfeed::install::uninstall(&db.pool).await.unwrap();
+    db.exec("UPDATE studies SET study_label = 'UNSEEN' WHERE id = (SELECT max(id) FROM studies)")
+        .await;
+    pgfeed::install::migrate(&db.pool, false).await.unwrap();
+    pgfeed::install::track_preset(&db.pool).await.unwrap();
+    db.exec("INSERT INTO studies (study_label) VALUES ('live-marker-2')")
+        .await;
+    settle("live-marker-2").await;
+    settle("UNSEEN").await;
+    assert_eq!(shown().await, table().await);
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

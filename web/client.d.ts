@@ -71,8 +71,31 @@ export declare class Feed {
   /** A type (`study_created`), a prefix (`study_*`) or everything (`*`). */
   on(pattern: string, fn: (event: FeedEvent) => void): () => void;
   snapshot<Row = Record<string, unknown>>(table: string): Promise<Snapshot<Row>>;
+  /**
+   * The rows of `table` kept current: an exact snapshot, then every event after it, in
+   * order, across reconnects; read again after `refresh_needed` and a schema change.
+   */
+  liveTable<Row = Record<string, unknown>>(table: string, options?: LiveTableOptions): Promise<LiveTable<Row>>;
   reconnect(): void;
   drop(): void;
+  close(): void;
+}
+
+export interface LiveTableOptions {
+  /** The primary key column (default `id`). */
+  key?: string;
+  /** Only rows whose fields match: `{study_id: [1, 2]}` (`"7"` matches `7`). */
+  where?: Record<string, unknown>;
+}
+
+export declare class LiveTable<Row = Record<string, unknown>> {
+  readonly table: string;
+  /** The seq the rows reflect; null while they are being read. */
+  readonly seq: number | null;
+  /** The current rows, ordered by key. */
+  readonly rows: Row[];
+  get(id: unknown): Row | undefined;
+  on(kind: "change", fn: (table: LiveTable<Row>) => void): () => void;
   close(): void;
 }
 

@@ -4,6 +4,8 @@
 //   const feed = connect("ws://localhost:8000/ws", { tables: ["studies"] });
 //   feed.on("study_*", (event) => console.log(event.seq, event.data));
 //   feed.on("state", (state) => console.log(state)); // connecting, connected, reconnecting, offline
+//   const studies = await feed.liveTable("studies"); // studies.rows, always current
+//   studies.on("change", (table) => render(table.rows));
 //
 // It reconnects by itself (1, 2, 4, 8, 16, 30 s plus jitter) and resumes from
 // where the delivered stream stands, with one `subscribe {…, after}` message
@@ -57,9 +59,24 @@ export class Feed {
   snapshot(table) {
     this.snapshots.add(table);
     return new Promise((resolve, reject) => {
-      this.pending.set(table, [resolve, reject]);
+      // One request per table at a time; every caller gets its answer.
+      const waiting = this.pending.get(table);
+      if (waiting) return waiting.push([resolve, reject]);
+      this.pending.set(table, [[resolve, reject]]);
       this.#send({ action: "snapshot", table });
     });
+  }
+
+  /**
+   * The rows of `table` kept current: an exact snapshot, then every event after
+   * it, in order, across reconnects; read again after `refresh_needed` and after
+   * a schema change. `key`: the primary key column (`id`); `where`: only rows
+   * whose fields match (`{study_id: [1, 2]}`, the server's rule: "7" matches 7).
+   */
+  async liveTable(table, { key = "id", where } = {}) {
+    const live = new LiveTable(this, table, key, where);
+    await live.ready;
+    return live;
   }
 
   /** The checked position after which every event was delivered (what a resume names). */
@@ -134,6 +151,8 @@ export class Feed {
   #onMessage(message) {
     switch (message.type) {
       case "connected": {
+        // Snapshots asked for on the lost connection are asked again below.
+        const unanswered = [...this.pending.keys()];
         // Subscribe and resume in one message: no live event comes before the replay.
         const subscription = { action: "subscribe" };
         for (const key of ["tables", "types", "where"]) {
@@ -144,6 +163,7 @@ export class Feed {
         // What of the open transaction was delivered comes again: dropped.
         this.position.skip = open ? open.delivered : 0;
         this.#send(subscription);
+        for (const table of unanswered) this.#send({ action: "snapshot", table });
         return;
       }
       case "subscribed":
@@ -154,17 +174,17 @@ export class Feed {
         this.#live();
         return;
       case "snapshot": {
-        const waiting = this.pending.get(message.table);
+        const waiting = this.pending.get(message.table) ?? [];
         this.pending.delete(message.table);
-        if (waiting) waiting[0]({ rows: message.rows, seq: message.seq, position: message.position });
+        for (const [resolve] of waiting) resolve({ rows: message.rows, seq: message.seq, position: message.position });
         return;
       }
       case "pong":
         return;
       case "error": {
-        for (const [table, [, reject]] of this.pending) {
+        for (const [table, waiting] of this.pending) {
           if (message.code === "not_found" || message.code === "forbidden") {
-            reject(new Error(message.message));
+            for (const [, reject] of waiting) reject(new Error(message.message));
             this.pending.delete(table);
           }
         }
@@ -245,5 +265,90 @@ export class Feed {
       }
     };
     this.poller = setInterval(poll, this.options.poll ?? 30000);
+  }
+}
+
+/** The same rule as the server's: equal JSON, or a number and the string of its JSON text. */
+function same(a, b) {
+  if (typeof a === "number" && typeof b === "string") return String(a) === b;
+  if (typeof a === "string" && typeof b === "number") return a === String(b);
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function matches(where, row) {
+  if (!where) return true;
+  return Object.entries(where).every(([field, wanted]) =>
+    row && field in row && (Array.isArray(wanted) ? wanted.some((w) => same(w, row[field])) : same(wanted, row[field])));
+}
+
+/** A table kept current from a feed (`feed.liveTable`). */
+export class LiveTable {
+  constructor(feed, table, key, where) {
+    this.table = table;
+    this.key = key;
+    this.where = where;
+    /** The seq the rows reflect; null while they are being read. */
+    this.seq = null;
+    this.map = new Map();
+    this.handlers = new Set();
+    this.feed = feed;
+    this.stops = [
+      feed.on("*", (event) => this.#apply(event)),
+      // Another history, or a gap: the rows are read again; events wait for them.
+      feed.on("refresh_needed", () => this.#reload()),
+    ];
+    this.ready = this.#reload();
+  }
+
+  /** The current rows, ordered by key. */
+  get rows() {
+    return [...this.map.values()].sort((a, b) => (a[this.key] < b[this.key] ? -1 : a[this.key] > b[this.key] ? 1 : 0));
+  }
+
+  get(id) {
+    return this.map.get(id);
+  }
+
+  /** Calls `fn(table)` after every change (`"change"`); returns a function that stops it. */
+  on(kind, fn) {
+    if (kind !== "change") throw new Error(`LiveTable has only "change" events, not ${kind}`);
+    this.handlers.add(fn);
+    return () => this.handlers.delete(fn);
+  }
+
+  close() {
+    for (const stop of this.stops) stop();
+    this.handlers.clear();
+  }
+
+  async #reload() {
+    this.seq = null;
+    const { rows, seq } = await this.feed.snapshot(this.table);
+    this.map = new Map(rows.filter((row) => matches(this.where, row)).map((row) => [row[this.key], row]));
+    this.seq = seq;
+    this.#changed();
+    return this;
+  }
+
+  #apply(event) {
+    // Events before the snapshot's answer are in it.
+    if (this.seq === null || event.derived || event.table !== this.table) return;
+    if (event.op === "SCHEMA") {
+      this.#reload();
+      return;
+    }
+    if (event.op === "TRUNCATE") this.map.clear();
+    else if (event.op === "DELETE") this.map.delete(event.data[this.key]);
+    else if (event.op === "INSERT" || event.op === "UPDATE") {
+      if (matches(this.where, event.data)) this.map.set(event.data[this.key], event.data);
+      else this.map.delete(event.data[this.key]); // moved out of `where`
+    } else return;
+    this.#changed();
+  }
+
+  #changed() {
+    for (const fn of this.handlers) {
+      try { fn(this); } catch (err) { console.error("pgfeed liveTable handler", err); }
+    }
   }
 }
