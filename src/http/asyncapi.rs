@@ -49,6 +49,8 @@ struct Column {
     category: String,
     /// `pg_type.typname` of the column's type (its element type for an array).
     base: String,
+    /// The category of `base`.
+    base_category: String,
     nullable: bool,
 }
 
@@ -78,6 +80,7 @@ async fn tracked(state: &AppState) -> sqlx::Result<Vec<Table>> {
                               'name', a.attname, 'sql_type', format_type(a.atttypid, a.atttypmod),
                               'category', ty.typcategory,
                               'base', COALESCE(elem.typname, ty.typname),
+                              'base_category', COALESCE(elem.typcategory, ty.typcategory),
                               'nullable', NOT a.attnotnull) ORDER BY a.attnum)
                             FROM pg_attribute a
                             JOIN pg_type ty ON ty.oid = a.atttypid
@@ -113,7 +116,7 @@ fn row_schema(columns: &[Column]) -> Value {
     let mut properties = Map::new();
     for column in columns {
         let mut schema = if column.category == "A" {
-            json!({"type": "array", "items": value_schema("", &column.base)})
+            json!({"type": "array", "items": value_schema(&column.base_category, &column.base)})
         } else {
             value_schema(&column.category, &column.base)
         };
@@ -187,6 +190,7 @@ mod tests {
                 sql_type: "integer".into(),
                 category: "N".into(),
                 base: "int4".into(),
+                base_category: "N".into(),
                 nullable: false,
             },
             Column {
@@ -194,6 +198,7 @@ mod tests {
                 sql_type: "text[]".into(),
                 category: "A".into(),
                 base: "text".into(),
+                base_category: "S".into(),
                 nullable: true,
             },
         ];
