@@ -4,28 +4,15 @@ against the messages it names for them (run by tests/python.rs)."""
 
 import asyncio
 import json
-import os
-import subprocess
 import urllib.request
 
 import jsonschema
 
 import pgfeed
 
-URL = os.environ["PGFEED_URL"]
-DATABASE_URL = os.environ["DATABASE_URL"]
-PSQL = os.environ.get("PGFEED_PSQL", "psql")
+from conftest import URL, sql
+
 HTTP = URL.replace("ws://", "http://", 1).rsplit("/ws", 1)[0]
-
-
-def sql(text: str) -> str:
-    out = subprocess.run(
-        [PSQL, DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t", "-c", text],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
 
 
 def document():

@@ -6,26 +6,11 @@ Run by tests/python.rs, which starts both and sets PGFEED_URL (the server's
 
 import asyncio
 import json
-import os
 import random
-import subprocess
 
 import pgfeed
 
-URL = os.environ["PGFEED_URL"]
-DATABASE_URL = os.environ["DATABASE_URL"]
-PSQL = os.environ.get("PGFEED_PSQL", "psql")
-
-
-def sql(text: str) -> str:
-    """Runs SQL as any writer would (psql), returns its unaligned output."""
-    out = subprocess.run(
-        [PSQL, DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t", "-c", text],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
+from conftest import URL, sql
 
 
 async def next_events(feed, count, timeout=20):

@@ -55,6 +55,21 @@ impl Outcome {
             messages: Vec::new(),
         }
     }
+
+    /// PEARL's clients re-read `table` (`refresh_needed` with `reason`); the
+    /// general feed gets the row event.
+    fn reload(reason: &str, table: &str) -> Outcome {
+        Outcome {
+            row_audience: Audience::Native,
+            unresolved_count: None,
+            messages: vec![Message {
+                kind: "refresh_needed",
+                data: json!({"reason": reason, "table": table}),
+                audience: Audience::Pearl,
+                derived: false,
+            }],
+        }
+    }
 }
 
 /// Item context of a tracker: `{item_code, effort_id}`.
@@ -201,16 +216,7 @@ impl State {
         if !super::is_pearl_table(&change.table) {
             return Outcome::row_only();
         }
-        Outcome {
-            row_audience: Audience::Native,
-            unresolved_count: None,
-            messages: vec![Message {
-                kind: "refresh_needed",
-                data: json!({"reason": "truncate", "table": change.table}),
-                audience: Audience::Pearl,
-                derived: false,
-            }],
-        }
+        Outcome::reload("truncate", &change.table)
     }
 
     /// A PEARL table changed shape (or name): PEARL's clients re-read it, as
@@ -221,16 +227,7 @@ impl State {
         if !super::is_pearl_table(table) && !super::is_pearl_table(&change.table) {
             return Outcome::row_only();
         }
-        Outcome {
-            row_audience: Audience::Native,
-            unresolved_count: None,
-            messages: vec![Message {
-                kind: "refresh_needed",
-                data: json!({"reason": "schema_changed", "table": change.table}),
-                audience: Audience::Pearl,
-                derived: false,
-            }],
-        }
+        Outcome::reload("schema_changed", &change.table)
     }
 
     /// PEARL's `CommentWithUserInfo`: the row, the usernames, whether it is top-level.

@@ -41,20 +41,13 @@ pub async fn general(
         Some("event") => Envelope::Event,
         Some(_) => return (StatusCode::BAD_REQUEST, "envelope must be `type` or `event`").into_response(),
     };
-    match query.opening(Protocol::General, envelope, access) {
-        Ok(opening) => {
-            let subscribe_all = state.limits.subscribe_all_on_ws;
-            upgrade(
-                ws,
-                state,
-                Opening {
-                    subscribe_all,
-                    ..opening
-                },
-            )
-        }
-        Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
-    }
+    let subscribe_all = state.limits.subscribe_all_on_ws;
+    general_opening(
+        ws,
+        state,
+        query.opening(Protocol::General, envelope, access),
+        subscribe_all,
+    )
 }
 
 /// `/ws/updates`: the general feed in the `{"event", "data", "timestamp"}` envelope.
@@ -64,18 +57,31 @@ pub async fn updates(
     access: Access,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    match query.opening(Protocol::General, Envelope::Event, access) {
-        Ok(opening) => {
-            let subscribe_all = state.limits.subscribe_all_on_updates;
-            upgrade(
-                ws,
-                state,
-                Opening {
-                    subscribe_all,
-                    ..opening
-                },
-            )
-        }
+    let subscribe_all = state.limits.subscribe_all_on_updates;
+    general_opening(
+        ws,
+        state,
+        query.opening(Protocol::General, Envelope::Event, access),
+        subscribe_all,
+    )
+}
+
+/// A general-protocol connection, with its endpoint's default subscription (`--default-subscription`).
+fn general_opening(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    opening: Result<Opening, &'static str>,
+    subscribe_all: bool,
+) -> Response {
+    match opening {
+        Ok(opening) => upgrade(
+            ws,
+            state,
+            Opening {
+                subscribe_all,
+                ..opening
+            },
+        ),
         Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
     }
 }
