@@ -1,5 +1,6 @@
 //! What a person opens: the live dashboard at `/`, the browser client at
-//! `/client.js` (with `client.d.ts`). The protocol document is `asyncapi`'s.
+//! `/client.js` (with `client.d.ts`: the build of `clients/js`). The protocol
+//! document is `asyncapi`'s.
 //! The files live in `web/` and are compiled into the binary.
 
 use axum::http::header;
@@ -25,13 +26,17 @@ pub async fn dashboard_js() -> Response {
 }
 
 pub async fn client_js() -> Response {
-    file("text/javascript; charset=utf-8", include_str!("../../web/client.js"))
+    // The build of clients/js (its source); tests/js.rs checks it is the build of that source.
+    file(
+        "text/javascript; charset=utf-8",
+        include_str!("../../clients/js/dist/index.js"),
+    )
 }
 
 pub async fn client_types() -> Response {
     file(
         "application/typescript; charset=utf-8",
-        include_str!("../../web/client.d.ts"),
+        include_str!("../../clients/js/dist/index.d.ts"),
     )
 }
 

@@ -258,6 +258,10 @@ class Feed:
             self._recover(message)
             return False
         if kind == "error":
+            if message.get("code") == "unavailable" and self._pending:
+                # The database is not answering (a reinstall under way): ask again in a second.
+                asyncio.get_running_loop().call_later(1, self._ask_again)
+                return False
             if message.get("code") in ("not_found", "forbidden"):
                 for waiting in self._pending.values():
                     for live in waiting:
@@ -318,6 +322,11 @@ class Feed:
         if live not in waiting:
             waiting.append(live)
         self._send({"action": "snapshot", "table": live.table})
+
+    def _ask_again(self) -> None:
+        for waiting in list(self._pending.values()):
+            for live in waiting:
+                self._send({"action": "snapshot", "table": live.table})
 
     def _reload(self, live: LiveTable) -> None:
         self._request_snapshot(live)

@@ -1,0 +1,88 @@
+//! The JavaScript client (`clients/js`, the source of `/client.js`): the
+//! build the server serves is the build of its source, and its own tests
+//! (Node's test runner) pass against a real server and Postgres. Needs Node
+//! and npm; `npm ci` runs here when `node_modules` is missing (`.ci/run` runs it
+//! first). Fails, never skips, without them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestDb;
+
+fn package() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("js")
+}
+
+fn npm_ci() {
+    let dir = package();
+    if dir.join("node_modules").join(".bin").join("esbuild").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .expect("npm is missing: install Node.js and npm (.ci/run does)");
+    assert!(status.success(), "npm ci failed");
+}
+
+#[test]
+fn the_served_client_is_the_build_of_its_source() {
+    npm_ci();
+    let dir = package();
+    let out = std::env::temp_dir().join(format!("pgfeed-js-build-{}", std::process::id()));
+    let built = Command::new("npx")
+        .args([
+            "esbuild",
+            "src/index.ts",
+            "--format=esm",
+            "--target=es2022",
+            "--log-level=warning",
+        ])
+        .arg(format!("--outfile={}", out.join("index.js").display()))
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(built.success(), "esbuild failed");
+    let typed = Command::new("npx")
+        .args(["tsc", "-p", "tsconfig.json", "--outDir"])
+        .arg(&out)
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(typed.success(), "tsc failed: the source does not type-check");
+    for file in ["index.js", "index.d.ts"] {
+        let fresh = std::fs::read_to_string(out.join(file)).unwrap();
+        let served = std::fs::read_to_string(dir.join("dist").join(file)).unwrap();
+        assert!(
+            fresh == served,
+            "clients/js/dist/{file} is not the build of clients/js/src: run `npm run build` in clients/js"
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test]
+async fn the_javascript_client_passes_its_tests_against_a_real_server() {
+    npm_ci();
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(package())
+        .env("PGFEED_URL", format!("ws://{}/ws", server.addr))
+        .env("DATABASE_URL", &db.url)
+        .env("PGFEED_PSQL", pgfeed::db::embedded::tool("psql"))
+        .output()
+        .await
+        .expect("node is missing: install Node.js (.ci/run does)");
+    assert!(
+        output.status.success(),
+        "node --test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await.unwrap();
+}
