@@ -430,3 +430,89 @@ async fn a_live_table_equals_the_table_after_drops_and_a_reinstall() {
     page.close().await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// `clients/react`'s hooks in Chromium: a component with `useLiveTable` under
+/// a `FeedProvider` shows SQL writes as they happen, and equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_react_component_with_use_live_table_shows_sql_writes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("react");
+    if !dir.join("node_modules").join(".bin").join("esbuild").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is missing: install Node.js and npm (.ci/run does)");
+        assert!(installed.success(), "npm ci in clients/react failed");
+    }
+    let bundle = common::scratch_dir("react").join("app.js");
+    let built = std::process::Command::new("npx")
+        .args([
+            "esbuild",
+            "test/app.jsx",
+            "--bundle",
+            "--format=iife",
+            "--log-level=warning",
+        ])
+        .arg("--define:process.env.NODE_ENV=\"production\"")
+        .arg(format!("--outfile={}", bundle.display()))
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(built.success(), "bundling the React test page failed");
+    let script = std::fs::read_to_string(&bundle).unwrap();
+
+    let db = TestDb::new().await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('react-before')")
+        .await;
+    let server = db.server().await;
+    let driver = Driver::start().await;
+    let page = driver.browser("react").await;
+    page.goto(&format!("http://{}/", server.addr)).await.unwrap();
+    page.execute(
+        "const s = document.createElement('script'); s.textContent = arguments[0]; document.head.append(s);",
+        vec![json!(script)],
+    )
+    .await
+    .unwrap();
+    let item = |label: &str| format!("//ul[@id='react-studies']/li[text()='{label}']");
+    let wait_for_item = |label: String| {
+        let page = page.clone();
+        async move {
+            page.wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::XPath(&label))
+                .await
+                .unwrap_or_else(|e| panic!("{label} never rendered: {e}"));
+        }
+    };
+    wait_for_item(item("react-before")).await;
+    db.exec(
+        "INSERT INTO studies (study_label) VALUES ('react-1'), ('react-2');
+         UPDATE studies SET study_label = 'react-before-renamed' WHERE study_label = 'react-before';
+         DELETE FROM studies WHERE study_label = 'react-1';",
+    )
+    .await;
+    wait_for_item(item("react-2")).await;
+    wait_for_item(item("react-before-renamed")).await;
+    let shown: Vec<String> = page
+        .execute(
+            "return [...document.querySelectorAll('#react-studies li')].map(li => li.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let table: Vec<String> = sqlx::query_scalar("SELECT study_label FROM studies ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(shown, table);
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

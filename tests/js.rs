@@ -1,6 +1,8 @@
-//! The JavaScript client (`clients/js`, the source of `/client.js`): the
-//! build the server serves is the build of its source, and its own tests
-//! (Node's test runner) pass against a real server and Postgres. Needs Node
+//! The JavaScript client (`clients/js`, the source of `/client.js`) and the
+//! React bindings (`clients/react`): the builds in the repository (the
+//! client's is what the server serves) are the builds of their sources, and
+//! the client's own tests (Node's test runner) pass against a real server and
+//! Postgres. The React hooks are tested in Chromium (tests/browser.rs). Needs Node
 //! and npm; `npm ci` runs here when `node_modules` is missing (`.ci/run` runs it
 //! first). Fails, never skips, without them.
 
@@ -15,24 +17,34 @@ fn package() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("js")
 }
 
+fn react_package() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("react")
+}
+
 fn npm_ci() {
-    let dir = package();
+    npm_ci_in(&package());
+}
+
+fn npm_ci_in(dir: &Path) {
+    // One install at a time: the tests run in parallel.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if dir.join("node_modules").join(".bin").join("esbuild").exists() {
         return;
     }
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .expect("npm is missing: install Node.js and npm (.ci/run does)");
     assert!(status.success(), "npm ci failed");
 }
 
-#[test]
-fn the_served_client_is_the_build_of_its_source() {
-    npm_ci();
-    let dir = package();
-    let out = std::env::temp_dir().join(format!("pgfeed-js-build-{}", std::process::id()));
+/// Builds `dir`'s package as its `npm run build` does, into a scratch folder,
+/// and checks the committed `dist/` is that build.
+fn assert_dist_is_the_build(dir: &Path, name: &str) {
+    npm_ci_in(dir);
+    let out = std::env::temp_dir().join(format!("pgfeed-{name}-build-{}", std::process::id()));
     let built = Command::new("npx")
         .args([
             "esbuild",
@@ -42,26 +54,37 @@ fn the_served_client_is_the_build_of_its_source() {
             "--log-level=warning",
         ])
         .arg(format!("--outfile={}", out.join("index.js").display()))
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .unwrap();
-    assert!(built.success(), "esbuild failed");
+    assert!(built.success(), "esbuild failed in clients/{name}");
     let typed = Command::new("npx")
         .args(["tsc", "-p", "tsconfig.json", "--outDir"])
         .arg(&out)
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .unwrap();
-    assert!(typed.success(), "tsc failed: the source does not type-check");
+    assert!(typed.success(), "tsc failed: clients/{name}/src does not type-check");
     for file in ["index.js", "index.d.ts"] {
         let fresh = std::fs::read_to_string(out.join(file)).unwrap();
-        let served = std::fs::read_to_string(dir.join("dist").join(file)).unwrap();
+        let committed = std::fs::read_to_string(dir.join("dist").join(file)).unwrap();
         assert!(
-            fresh == served,
-            "clients/js/dist/{file} is not the build of clients/js/src: run `npm run build` in clients/js"
+            fresh == committed,
+            "clients/{name}/dist/{file} is not the build of its src: run `npm run build` in clients/{name}"
         );
     }
     let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn the_served_client_is_the_build_of_its_source() {
+    assert_dist_is_the_build(&package(), "js");
+}
+
+#[test]
+fn the_react_bindings_are_the_build_of_their_source() {
+    npm_ci();
+    assert_dist_is_the_build(&react_package(), "react");
 }
 
 #[tokio::test]
