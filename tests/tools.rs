@@ -149,6 +149,8 @@ async fn tail_marks_a_reset_and_goes_on_or_exits_as_asked() {
     let db = TestDb::new().await;
     let server = db.server().await;
     db.exec("INSERT INTO studies (study_label) VALUES ('held')").await;
+    // Sequenced before tail connects: a position above the head would be `ahead`.
+    db.tick().await;
     // A position of another history: seq 1 with a check this history does not have.
     let elsewhere = "1.00000000";
     let tail = |on_reset: &str| {
