@@ -31,7 +31,9 @@
 //!    database's history is no longer the one it delivered.
 //! 2. [`feed::event`]: each change becomes its wire event(s), typed against
 //!    PEARL's rows ([`feed::pearl`], which also holds the `track --preset pearl`
-//!    list) and encoded once.
+//!    list), named as the table wants ([`feed::kinds`]) and encoded once. A
+//!    schema change is an event too; the names tables had are kept in
+//!    [`feed::renames`], so a subscription follows its table through a rename.
 //! 3. [`feed::hub`]: one ring of shared events in batches; [`feed::subscriber`]
 //!    is one client's exact stream over it, from the log whenever the client
 //!    is behind. [`feed::Feed`] is the one handle the floors above hold.
@@ -46,13 +48,15 @@
 //! the session's transport, its actions, its rate); [`http::sse`] the same
 //! stream as Server-Sent Events; [`http::rest`] health, metrics and snapshots;
 //! [`http::write`] PEARL's REST writes; [`http::web`] the dashboard and the
-//! JavaScript client; [`http::tls`] optional HTTPS.
+//! JavaScript client (built from `clients/js`); [`http::asyncapi`] the
+//! protocol document, with this server's tables; [`http::tls`] optional HTTPS.
 //!
 //! **Floor 6.** [`server`] wires it together and is `pgfeed serve`.
 //!
 //! The binary (`src/bin/pgfeed`) is the command line, and the benchmark
 //! (`pgfeed bench`), which measures the figures of ARCHITECTURE.md beside
-//! their references and is not part of this library.
+//! their references and is not part of this library. The clients in other
+//! languages live in `clients/` (ARCHITECTURE.md §5).
 
 pub mod auth;
 pub mod backoff;
