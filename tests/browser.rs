@@ -435,17 +435,8 @@ async fn a_live_table_equals_the_table_after_drops_and_a_reinstall() {
 /// a `FeedProvider` shows SQL writes as they happen, and equals the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_react_component_with_use_live_table_shows_sql_writes() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join("react");
-    if !dir.join("node_modules").join(".bin").join("esbuild").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is missing: install Node.js and npm (.ci/run does)");
-        assert!(installed.success(), "npm ci in clients/react failed");
-    }
+    let dir = common::clients::package("react");
+    common::clients::npm_ci(&dir);
     let bundle = common::scratch_dir("react").join("app.js");
     let built = std::process::Command::new("npx")
         .args([

@@ -132,7 +132,7 @@ async fn a_subscription_follows_its_table_through_a_rename() {
     let mut before = Client::connect(&server, "/ws").await;
     before.next_of("connected").await;
     let start = before.subscribe(json!({"tables": ["equipment"]})).await["position"].clone();
-    let start_seq: i64 = start.as_str().unwrap().split('.').next().unwrap().parse().unwrap();
+    let start_seq = pgfeed::protocol::Position::parse(start.as_str().unwrap()).unwrap().seq;
     db.exec("INSERT INTO equipment (name) VALUES ('pump')").await;
     db.exec("ALTER TABLE equipment RENAME TO instruments").await;
     db.exec("INSERT INTO instruments (name) VALUES ('centrifuge')").await;

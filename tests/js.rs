@@ -11,39 +11,20 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::TestDb;
+use common::{clients, TestDb};
 
 fn package() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("js")
-}
-
-fn react_package() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("react")
+    clients::package("js")
 }
 
 fn npm_ci() {
-    npm_ci_in(&package());
-}
-
-fn npm_ci_in(dir: &Path) {
-    // One install at a time: the tests run in parallel.
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if dir.join("node_modules").join(".bin").join("esbuild").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("npm is missing: install Node.js and npm (.ci/run does)");
-    assert!(status.success(), "npm ci failed");
+    clients::npm_ci(&package());
 }
 
 /// Builds `dir`'s package as its `npm run build` does, into a scratch folder,
 /// and checks the committed `dist/` is that build.
 fn assert_dist_is_the_build(dir: &Path, name: &str) {
-    npm_ci_in(dir);
+    clients::npm_ci(dir);
     let out = std::env::temp_dir().join(format!("pgfeed-{name}-build-{}", std::process::id()));
     let built = Command::new("npx")
         .args([
@@ -84,7 +65,7 @@ fn the_served_client_is_the_build_of_its_source() {
 #[test]
 fn the_react_bindings_are_the_build_of_their_source() {
     npm_ci();
-    assert_dist_is_the_build(&react_package(), "react");
+    assert_dist_is_the_build(&clients::package("react"), "react");
 }
 
 #[tokio::test]
@@ -92,20 +73,8 @@ async fn the_javascript_client_passes_its_tests_against_a_real_server() {
     npm_ci();
     let db = TestDb::new().await;
     let server = db.server().await;
-    let output = tokio::process::Command::new("node")
-        .args(["--test", "test/"])
-        .current_dir(package())
-        .env("PGFEED_URL", format!("ws://{}/ws", server.addr))
-        .env("DATABASE_URL", &db.url)
-        .env("PGFEED_PSQL", pgfeed::db::embedded::tool("psql"))
-        .output()
-        .await
-        .expect("node is missing: install Node.js (.ci/run does)");
-    assert!(
-        output.status.success(),
-        "node --test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut node = tokio::process::Command::new("node");
+    node.args(["--test", "test/"]).current_dir(package());
+    clients::run_suite(node, &server, &db).await;
     server.stop().await.unwrap();
 }

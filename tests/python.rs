@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::TestDb;
+use common::{clients, TestDb};
 
 /// The virtual environment's python, made if needed.
 fn python() -> PathBuf {
@@ -50,23 +50,11 @@ async fn the_python_client_passes_its_tests_against_a_real_server() {
     let python = python();
     let db = TestDb::new().await;
     let server = db.server().await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let psql = pgfeed::db::embedded::tool("psql");
-    let output = tokio::process::Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python/tests"])
-        .current_dir(root)
-        .env("PYTHONPATH", root.join("clients").join("python"))
-        .env("PGFEED_URL", format!("ws://{}/ws", server.addr))
-        .env("DATABASE_URL", &db.url)
-        .env("PGFEED_PSQL", psql)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "pytest failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut pytest = tokio::process::Command::new(&python);
+    pytest
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .current_dir(clients::package("python"))
+        .env("PYTHONPATH", clients::package("python"));
+    clients::run_suite(pytest, &server, &db).await;
     server.stop().await.unwrap();
 }

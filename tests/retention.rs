@@ -46,7 +46,7 @@ async fn retention_drops_whole_units_and_replay_crosses_them() {
     let mut live = Client::connect(&server, "/ws").await;
     live.next_of("connected").await;
     let start = live.subscribe(json!({"tables": ["studies"]})).await["position"].clone();
-    let start_seq: i64 = start.as_str().unwrap().split('.').next().unwrap().parse().unwrap();
+    let start_seq = pgfeed::protocol::Position::parse(start.as_str().unwrap()).unwrap().seq;
     for i in 0..24 {
         db.exec(&format!("INSERT INTO studies (study_label) VALUES ('s{i}')"))
             .await;
@@ -148,7 +148,7 @@ async fn writers_that_outrun_rotation_lose_nothing() {
     let mut client = Client::connect(&server, "/ws").await;
     client.next_of("connected").await;
     let start = client.subscribe(json!({"tables": ["studies"]})).await["position"].clone();
-    let start_seq: i64 = start.as_str().unwrap().split('.').next().unwrap().parse().unwrap();
+    let start_seq = pgfeed::protocol::Position::parse(start.as_str().unwrap()).unwrap().seq;
     // Nobody prunes: the writers pass the newest unit.
     for i in 0..60 {
         db.exec(&format!("INSERT INTO studies (study_label) VALUES ('o{i}')"))

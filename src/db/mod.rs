@@ -18,6 +18,16 @@ pub const LISTENER_APPLICATION_NAME: &str = "pgfeed-listener";
 pub const LOG_READER_APPLICATION_NAME: &str = "pgfeed-log-reader";
 
 /// Connection options for `url`, named so a DBA can tell pgfeed's sessions apart.
+/// Rows read from a table or column a later migration adds, on an installation
+/// that does not have it yet (a server run with `--no-migrate`): none.
+pub fn none_before_migration<T>(read: sqlx::Result<Vec<T>>) -> sqlx::Result<Vec<T>> {
+    match read {
+        // 42P01: undefined table; 42703: undefined column.
+        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P01" | "42703")) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = url.parse().context("parsing DATABASE_URL")?;
     Ok(options.application_name(application_name))

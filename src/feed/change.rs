@@ -77,11 +77,6 @@ impl Change {
         self.tx_index + 1 >= self.tx_size
     }
 
-    /// About the whole table rather than one row: a truncate or a schema change.
-    pub fn is_table_wide(&self) -> bool {
-        matches!(self.op, Op::Truncate | Op::Schema)
-    }
-
     /// The name the table had before this schema change renamed it.
     pub fn renamed_from(&self) -> Option<&str> {
         match (self.op, &self.new) {

@@ -13,15 +13,11 @@ pub struct EventNames(HashMap<String, HashMap<String, String>>);
 impl EventNames {
     /// What `pgfeed.tracked_tables` holds; nothing before capture/0013.
     pub async fn load(pool: &PgPool) -> sqlx::Result<EventNames> {
-        let rows: Vec<(String, sqlx::types::Json<HashMap<String, String>>)> =
+        let rows: Vec<(String, sqlx::types::Json<HashMap<String, String>>)> = crate::db::none_before_migration(
             sqlx::query_as("SELECT prefix, event_names FROM pgfeed.tracked_tables WHERE event_names <> '{}'")
                 .fetch_all(pool)
-                .await
-                .or_else(|err| match &err {
-                    // An installation before capture/0013: no names of its own.
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42703") => Ok(Vec::new()),
-                    _ => Err(err),
-                })?;
+                .await,
+        )?;
         Ok(EventNames(
             rows.into_iter().map(|(prefix, names)| (prefix, names.0)).collect(),
         ))

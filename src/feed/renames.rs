@@ -15,19 +15,16 @@ impl Renames {
     /// transactions: renames whose commit was pruned count as at seq 0.
     /// Nothing before that migration.
     pub async fn load(pool: &PgPool) -> sqlx::Result<Renames> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT r.\"from\", r.\"to\", COALESCE(c.seq, 0)
+        let rows: Vec<(String, String, i64)> = crate::db::none_before_migration(
+            sqlx::query_as(
+                "SELECT r.\"from\", r.\"to\", COALESCE(c.seq, 0)
                FROM pgfeed.renames r LEFT JOIN pgfeed.commits c ON c.tx = r.tx
               WHERE (c.seq IS NOT NULL OR pg_visible_in_snapshot(r.tx, (SELECT seen FROM pgfeed.sequencer)))
               ORDER BY 3",
-        )
-        .fetch_all(pool)
-        .await
-        .or_else(|err| match &err {
-            // An installation before capture/0011 has no renames to load.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(Vec::new()),
-            _ => Err(err),
-        })?;
+            )
+            .fetch_all(pool)
+            .await,
+        )?;
         let mut renames = Renames::default();
         for (from, to, seq) in rows {
             renames.record(&from, &to, seq);

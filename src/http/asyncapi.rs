@@ -54,8 +54,14 @@ struct Column {
     nullable: bool,
 }
 
+/// The core, parsed once; each request adds its tables to a copy.
+fn core() -> &'static Value {
+    static PARSED: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| serde_json::from_str(CORE).expect("web/asyncapi.json is JSON"))
+}
+
 pub async fn document(State(state): State<AppState>, access: Access) -> Response {
-    let mut doc: Value = serde_json::from_str(CORE).expect("web/asyncapi.json is JSON");
+    let mut doc = core().clone();
     // Without a token (where one is needed) the core only: table names and
     // columns are for those who may see the tables.
     if let Some(scope) = access.scope() {

@@ -95,6 +95,7 @@ fn shared() -> &'static Shared {
     })
 }
 
+pub mod clients;
 mod database;
 mod http;
 mod log;

@@ -91,7 +91,7 @@ class LiveTable:
             self._rows[row.get(self.key)] = row
         elif op == "SCHEMA":
             # The columns changed: the rows are read again in their new shape.
-            self._feed._reload(self)
+            self._feed._request_snapshot(self)
             return
         else:
             return
@@ -327,9 +327,6 @@ class Feed:
         for waiting in list(self._pending.values()):
             for live in waiting:
                 self._send({"action": "snapshot", "table": live.table})
-
-    def _reload(self, live: LiveTable) -> None:
-        self._request_snapshot(live)
 
     def _forget(self, live: LiveTable) -> None:
         if live in self._tables.get(live.table, []):
