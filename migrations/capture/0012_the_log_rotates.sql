@@ -253,17 +253,22 @@ BEGIN
     -- 3. Stamps order transactions a tick has not seen yet; the rest are spent.
     DELETE FROM pgfeed.stamps WHERE tx < finished;
 
-    -- 4. The next unit, made while the newest has half its ids left.
+    -- 4. The next unit, made while the newest still has a unit's width of ids
+    -- left. A unit is never attached over ids a writer may be routing to the
+    -- overflow: such a row, routed before the attach, fails the overflow's new
+    -- constraint (seen: a writer's insert failed while a restarted server
+    -- caught up). So the new unit starts at least `min_width` ids above the
+    -- newest id in use; ids in a gap below it stay in the overflow.
     current := pg_current_xact_id();
     SELECT * INTO unit FROM pgfeed.log_units u ORDER BY u.hi DESC LIMIT 1;
     rate := COALESCE((current::text::numeric - unit.made_at_xid::text::numeric)
                      / GREATEST(extract(epoch FROM clock_timestamp() - unit.made_at), 1), 0);
     width := LEAST(GREATEST(rate * extract(epoch FROM keep) / 4, settings.min_width), settings.max_width);
     -- (No unit left: every one was finished, empty or old, and dropped.)
-    IF unit.hi IS NULL OR pgfeed.xid_plus(current, width / 2) >= unit.hi THEN
+    IF unit.hi IS NULL OR pgfeed.xid_plus(current, width) >= unit.hi THEN
         -- Above anything that went to the overflow (every server was stopped
         -- longer than the newest unit lasted), and above the ids in use.
-        lo := GREATEST(unit.hi, current,
+        lo := GREATEST(unit.hi, pgfeed.xid_plus(current, settings.min_width::numeric),
                        pgfeed.xid_plus((SELECT max(e.tx) FROM pgfeed.events_overflow e), 1),
                        pgfeed.xid_plus((SELECT max(c.tx) FROM pgfeed.commits_overflow c), 1));
         PERFORM set_config('lock_timeout', (extract(epoch FROM settings.lock_timeout) * 1000)::bigint::text, true);

@@ -45,7 +45,12 @@ impl Writers {
                         };
                         match sqlx::raw_sql(&sql).execute(&pool).await {
                             Ok(_) => done += 1,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                            Err(_) => {
+                                // A failed statement leaves its transaction open and aborted:
+                                // end it, or every retry fails on this connection.
+                                let _ = sqlx::raw_sql("ROLLBACK").execute(&pool).await;
+                                tokio::time::sleep(Duration::from_millis(50)).await
+                            }
                         }
                     }
                     pool.close().await;
