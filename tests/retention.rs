@@ -183,3 +183,65 @@ async fn writers_that_outrun_rotation_lose_nothing() {
     assert_eq!(db.scalar_i64("SELECT count(*) FROM pgfeed.events_overflow").await, 0);
     server.stop().await.unwrap();
 }
+
+/// Rotation never fails a writer: units are made as fast as prune can run,
+/// each just above the ids in use (the narrowest gap rotation allows), while
+/// writers spend ids as fast as they can. A unit attached over an id whose
+/// row was on its way to the overflow would fail that writer's insert.
+#[tokio::test]
+async fn rotation_never_fails_a_writer() {
+    let db = TestDb::new().await;
+    small_units(&db, 4).await;
+    db.exec("UPDATE pgfeed.rotation SET min_width = 1, max_width = 4").await;
+    let server = db.server().await;
+    let mut client = Client::connect(&server, "/ws").await;
+    client.next_of("connected").await;
+    let start = client.subscribe(json!({"tables": ["studies"]})).await["position"].clone();
+    let start_seq = pgfeed::protocol::Position::parse(start.as_str().unwrap()).unwrap().seq;
+
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let (mut done, mut failed) = (0usize, Vec::new());
+                while std::time::Instant::now() < until {
+                    let sql = format!("INSERT INTO studies (study_label) VALUES ('w{w}-{done}')");
+                    match sqlx::query(&sql).execute(&pool).await {
+                        Ok(_) => done += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    let pruner = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while std::time::Instant::now() < until {
+                sqlx::query("SELECT pgfeed.prune(interval '1 hour')")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for writer in writers {
+        let (done, failed) = writer.await.unwrap();
+        total += done;
+        failures.extend(failed);
+    }
+    let rounds = pruner.await.unwrap();
+    assert!(failures.is_empty(), "writers failed: {:?}", &failures[..failures.len().min(5)]);
+    assert!(rounds > 10, "prune ran {rounds} times");
+    assert!(db.scalar_i64("SELECT count(*) FROM pgfeed.log_units").await > 5);
+    let events = client.events(total).await;
+    assert_matches_log(&db, &events, start_seq).await;
+    server.stop().await.unwrap();
+}

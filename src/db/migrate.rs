@@ -94,6 +94,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "event names of a table's own",
             sql: include_str!("../../migrations/capture/0013_event_names_of_ones_own.sql"),
         },
+        Migration {
+            version: 14,
+            description: "a unit is attached under the log's own lock",
+            sql: include_str!("../../migrations/capture/0014_units_attach_under_the_logs_lock.sql"),
+        },
     ],
 };
 
