@@ -111,6 +111,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PGFEED_DB_POOL", default_value_t = defaults::DB_POOL)]
     pub db_pool: u32,
 
+    /// A streaming standby of the database (physical replication) to read the
+    /// log, snapshots and rows from. The instance still hears notifications
+    /// (and writes, and ticks if it becomes the leader) on DATABASE_URL; it
+    /// waits for the standby to replay what it heard of before reading.
+    #[arg(long, env = "PGFEED_REPLICA_URL", hide_env_values = true)]
+    pub replica_url: Option<String>,
+
     /// HS256 shared secret for JWTs (at least 16 bytes). With it (or a public key) every
     /// request needs a token; without either, pgfeed serves only on a loopback address.
     #[arg(

@@ -37,6 +37,8 @@ pub struct Settings {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Apply pending migrations at start (unset by `--no-migrate`).
     pub migrate: bool,
+    /// Read the log, snapshots and rows from this standby (`--replica-url`).
+    pub replica_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             insecure: false,
             tls: None,
             migrate: true,
+            replica_url: None,
         }
     }
 }
@@ -105,6 +108,7 @@ impl TryFrom<&ServeArgs> for Settings {
             auth: auth.map(Arc::new),
             insecure: args.insecure,
             migrate: !args.no_migrate,
+            replica_url: args.replica_url.clone(),
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => Some(http::tls::config(cert, key)?),
                 _ => None,
@@ -177,9 +181,17 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     }
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    let mut feed = Feed::new(pool.clone(), settings.hub_capacity, metrics.clone());
+    if let Some(replica) = &settings.replica_url {
+        let standby = db::pool(replica, settings.db_pool)
+            .await
+            .context("connecting to the replica (--replica-url)")?;
+        tracing::info!("reading the log, snapshots and rows from the replica");
+        feed = feed.reading_from(standby);
+    }
     let state = AppState {
         pool: pool.clone(),
-        feed: Feed::new(pool.clone(), settings.hub_capacity, metrics.clone()),
+        feed,
         auth: settings.auth.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
         metrics,
@@ -196,6 +208,9 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         settings.tick_interval,
         settings.limits.stall_timeout,
     );
+    if let Some(replica) = &settings.replica_url {
+        listener = listener.reading_from(replica.clone());
+    }
     listener.start_at_head().await.context("reading the start position")?;
     let token = shutdown.clone();
     background.spawn(async move {
@@ -203,7 +218,10 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
             tracing::error!(error = %format!("{err:#}"), "listener stopped");
         }
     });
-    background.spawn(prune_periodically(pool.clone(), settings.retention, shutdown.clone()));
+    // An instance on a standby prunes only while it leads: following, its
+    // work on the primary is hearing notifications.
+    let leads = settings.replica_url.as_ref().map(|_| state.metrics.clone());
+    background.spawn(prune_periodically(pool.clone(), settings.retention, leads, shutdown.clone()));
 
     let tcp = tokio::net::TcpListener::bind(settings.bind)
         .await
@@ -212,6 +230,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let router = http::app(state.clone());
     let token = shutdown.clone();
     let sockets = state.sockets.clone();
+    let standby = state.feed.primary.as_ref().map(|_| state.feed.pool.clone());
     let tls = settings.tls.clone();
     let task = tokio::spawn(async move {
         match tls {
@@ -236,6 +255,9 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         background.close();
         background.wait().await;
         pool.close().await;
+        if let Some(standby) = &standby {
+            standby.close().await;
+        }
         Ok(())
     });
     tracing::info!(%addr, tls = settings.tls.is_some(), "pgfeed serving");
@@ -247,14 +269,27 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     })
 }
 
-/// Runs `pgfeed.prune` every few minutes (and at start).
-async fn prune_periodically(pool: sqlx::PgPool, retention: Duration, shutdown: CancellationToken) {
+/// Runs `pgfeed.prune` every few minutes (and at start); with `leads`, only
+/// while that instance's listener leads.
+async fn prune_periodically(
+    pool: sqlx::PgPool,
+    retention: Duration,
+    leads: Option<Arc<Metrics>>,
+    shutdown: CancellationToken,
+) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
     let mut ticker = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => match log::prune(&pool, retention).await {
+            _ = ticker.tick() => {}
+        }
+        if leads.as_ref().is_some_and(|metrics| metrics.leader.get() == 0) {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pruned = log::prune(&pool, retention) => match pruned {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "pruned the event log"),
                 Err(err) => tracing::warn!(error = %err, "pruning the event log"),

@@ -48,11 +48,24 @@ async fn backend_identity<'e>(db: impl sqlx::PgExecutor<'e>) -> sqlx::Result<Str
         .await
 }
 
+/// How long one catch-up waits for a standby to replay what the listener
+/// heard of; then it delivers what is there, and tries again shortly.
+const STANDBY_WAIT: Duration = Duration::from_secs(1);
+/// How soon it tries again while the standby is behind.
+const STANDBY_RETRY: Duration = Duration::from_millis(20);
+
 /// Where the listener's stream stands.
 pub struct Listener {
     url: String,
-    /// For the start position only.
+    /// Where the log is read: `url`, or a standby's (`--replica-url`).
+    reader_url: String,
+    /// The primary, for the start position, renames and event names.
     pool: PgPool,
+    /// The standby the log is read from, when there is one.
+    standby: Option<PgPool>,
+    /// The highest seq heard of (notifications, ticks): what a standby must
+    /// replay before the log reader finds it.
+    heard: i64,
     /// The listener's own connection for log reads, opened afresh with every
     /// LISTEN connection: a pooled one may be as dead as the connection just lost.
     reader: Option<PgConnection>,
@@ -102,8 +115,11 @@ impl Listener {
         stall_timeout: Duration,
     ) -> Listener {
         Listener {
+            reader_url: url.clone(),
             url,
-            pool: feed.pool.clone(),
+            pool: feed.primary.clone().unwrap_or_else(|| feed.pool.clone()),
+            standby: feed.primary.as_ref().map(|_| feed.pool.clone()),
+            heard: 0,
             reader: None,
             hub: feed.hub.clone(),
             metrics: feed.metrics.clone(),
@@ -119,6 +135,12 @@ impl Listener {
             renames: feed.renames.clone(),
             event_names: feed.event_names.clone(),
         }
+    }
+
+    /// Reads the log from the standby at `url` (whose pool is the feed's).
+    pub fn reading_from(mut self, url: String) -> Listener {
+        self.reader_url = url;
+        self
     }
 
     /// Runs until `shutdown`. Reconnects with backoff whenever the connection is lost.
@@ -141,7 +163,7 @@ impl Listener {
                     .await
                     .context("LISTEN")?;
                 self.take_the_lead(&mut listener).await.context("taking the lead")?;
-                let options = db::connect_options(&self.url, db::LOG_READER_APPLICATION_NAME)?;
+                let options = db::connect_options(&self.reader_url, db::LOG_READER_APPLICATION_NAME)?;
                 let mut reader = within(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
                     .await
                     .context("connecting the log reader")?;
@@ -170,6 +192,7 @@ impl Listener {
                 },
             };
             backoff.reset();
+            self.metrics.leader.set(i64::from(self.sequencer.leads()));
             self.ready.store(true, Ordering::SeqCst);
             tracing::info!(
                 seq = self.last_seq,
@@ -200,14 +223,26 @@ impl Listener {
 
     /// The head and its position, with PEARL's state from the same snapshot.
     async fn read_head(&mut self) -> Result<()> {
-        // After a tick of its own: the head covers everything its snapshot sees.
-        let mut tx = log::ticked_snapshot(&self.pool).await?;
-        let (head, position): (i64, Option<String>) =
-            sqlx::query_as("SELECT pgfeed.head(), pgfeed.position(pgfeed.head())")
-                .fetch_one(&mut *tx)
-                .await?;
-        let state = pearl::State::read(&mut tx, head).await?;
-        tx.commit().await?;
+        let (head, position, state) = match &self.standby {
+            // Made exact on the standby (`feed::standby`): no tick on the primary.
+            Some(standby) => {
+                let exact = super::standby::exact_rows(standby, &self.pool, &pearl::State::TABLES).await?;
+                let state = pearl::State::from_rows(exact.head, &exact.rows);
+                (exact.head, exact.position, state)
+            }
+            None => {
+                // After a tick of its own: the head covers everything its snapshot sees.
+                let mut tx = log::ticked_snapshot(&self.pool).await?;
+                let (head, position): (i64, Option<String>) =
+                    sqlx::query_as("SELECT pgfeed.head(), pgfeed.position(pgfeed.head())")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let state = pearl::State::read(&mut tx, head).await?;
+                tx.commit().await?;
+                (head, position, state)
+            }
+        };
+        self.heard = self.heard.max(head);
         *self.renames.write().expect("renames lock") = Renames::load(&self.pool).await?;
         self.load_event_names().await?;
         self.last_seq = head;
@@ -231,6 +266,13 @@ impl Listener {
             .unsequenced_age_ms
             .set(standing.unsequenced.as_millis() as i64);
         let head = standing.head;
+        if head < self.last_seq && self.standby.is_some() {
+            // A standby behind what was delivered (it restarted, and replays
+            // again from its last restart point): it catches up; its seqs
+            // are checked once it has.
+            tracing::info!(seq = self.last_seq, head, "the standby is behind what was delivered; waiting for it");
+            return Ok(standing);
+        }
         let changed = head < self.last_seq
             || standing
                 .position
@@ -286,14 +328,22 @@ impl Listener {
                 }
                 self.on_buffered_notifications(listener).await
             } else {
+                // Behind what it heard of (a standby replaying): a look again soon.
+                let behind = self.standby.is_some() && self.last_seq < self.heard;
+                let wait = if behind {
+                    STANDBY_RETRY
+                } else {
+                    self.sequencer.quiet_after()
+                };
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return Stop::Shutdown,
-                    next = tokio::time::timeout(self.sequencer.quiet_after(), listener.try_recv()) => next,
+                    next = tokio::time::timeout(wait, listener.try_recv()) => next,
                 };
                 match next {
                     Ok(Ok(Some(notification))) => self.on_notification(notification.payload()).await,
                     Ok(Ok(None)) => return Stop::Lost("connection closed".into()),
                     Ok(Err(err)) => return Stop::Lost(err.to_string()),
+                    Err(_) if behind => self.catch_up().await,
                     Err(_quiet) => self.quiet_check(listener).await,
                 }
             };
@@ -324,7 +374,10 @@ impl Listener {
                 self.sequencer.woken_by_writer();
                 Ok(())
             }
-            Notice::Sequenced(seq) if seq > self.last_seq => self.catch_up().await,
+            Notice::Sequenced(seq) if seq > self.last_seq => {
+                self.heard = self.heard.max(seq);
+                self.catch_up().await
+            }
             Notice::Sequenced(_) => Ok(()),
             Notice::Tracked => self.load_event_names().await,
             Notice::Malformed => {
@@ -387,6 +440,7 @@ impl Listener {
                 LOG_PAGE,
             ))
             .await?;
+        self.heard = self.heard.max(head);
         if head < before {
             // The head went back: another history (see `verify_history`).
             self.verify_history().await?;
@@ -411,9 +465,14 @@ impl Listener {
         } else if self.sequencer.take_over_if_free(listener).await? {
             tracing::info!(seq = self.last_seq, "this listener now ticks");
         }
-        let standing = self.verify_history().await?;
+        let mut standing = self.verify_history().await?;
         if standing.head > self.last_seq {
             self.catch_up().await?;
+        }
+        if self.standby.is_some() {
+            // A standby's lag is not a stalled leader: the primary says.
+            let primary = self.work.bound(log::standing(&mut *listener, self.last_seq)).await?;
+            standing.unsequenced = primary.unsequenced;
         }
         // Committed transactions waiting on a leader that holds the lead and does not tick.
         if self.sequencer.fence_hung_leader(listener, standing.unsequenced).await? {
@@ -433,6 +492,11 @@ impl Listener {
     /// A transaction the hub already has the first events of (a catch-up that
     /// failed half way) is continued, not repeated.
     async fn catch_up(&mut self) -> sqlx::Result<()> {
+        if self.standby.is_some() && self.heard > self.last_seq {
+            // Read once the standby has replayed it, or read what it has.
+            let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+            log::wait_for_head(reader, self.heard, STANDBY_WAIT).await?;
+        }
         self.catch_up_from(self.last_seq, self.partial).await
     }
 

@@ -169,6 +169,27 @@ pub async fn head<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT pgfeed.head()").fetch_one(db).await
 }
 
+/// How long a reader waits for a standby to replay a seq it was told of
+/// before it reports the log unavailable.
+pub const STANDBY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the head `pool` sees is at least `seq` (a standby replaying
+/// what the primary committed); false when `patience` ran out first.
+pub async fn wait_for_head(db: &mut sqlx::PgConnection, seq: i64, patience: std::time::Duration) -> sqlx::Result<bool> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_micros(250);
+    loop {
+        if head(&mut *db).await? >= seq {
+            return Ok(true);
+        }
+        if started.elapsed() >= patience {
+            return Ok(false);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Removes the log of transactions committed more than `keep` ago; returns the rows removed.
 pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT pgfeed.prune(make_interval(secs => $1))")
@@ -209,17 +230,22 @@ pub async fn snapshot(pool: &PgPool, table: &str, scope: &Scope) -> sqlx::Result
     let Some((watermark, position, rows)) = found else {
         return Ok(None);
     };
-    let mut rows: Value = serde_json::from_str(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    if let Value::Array(rows) = &mut rows {
+    let rows: Vec<Value> = serde_json::from_str(&rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(Some(Snapshot::shaped(watermark, position, rows, scope)))
+}
+
+impl Snapshot {
+    /// The rows `scope` may see, with UTC timestamps, as of `watermark`.
+    pub fn shaped(watermark: i64, position: Option<String>, mut rows: Vec<Value>, scope: &Scope) -> Snapshot {
         rows.retain(|row| scope.allows_row(row));
         rows.iter_mut().for_each(timestamps::normalize_row);
+        Snapshot {
+            watermark,
+            // A head whose commit row retention removed has no check left.
+            position: position.unwrap_or_else(|| watermark.to_string()),
+            rows: Value::Array(rows).to_string(),
+        }
     }
-    Ok(Some(Snapshot {
-        watermark,
-        // A head whose commit row retention removed has no check left.
-        position: position.unwrap_or_else(|| watermark.to_string()),
-        rows: rows.to_string(),
-    }))
 }
 
 /// A table's rows as of a watermark (see [`snapshot`]).

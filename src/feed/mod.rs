@@ -15,6 +15,7 @@ pub mod log;
 pub mod pearl;
 pub mod renames;
 pub mod sequencer;
+pub mod standby;
 pub mod subscriber;
 
 use std::sync::{Arc, Mutex};
@@ -31,8 +32,10 @@ use renames::Renames;
 pub struct Feed {
     /// Live events, encoded once.
     pub hub: Hub,
-    /// Log reads for replays and snapshots.
+    /// Log reads for replays and snapshots: the primary's pool, or a standby's.
     pub pool: PgPool,
+    /// The primary, when `pool` is a standby's (`--replica-url`).
+    pub primary: Option<PgPool>,
     /// PEARL's running state (usernames, items, unresolved counts): the
     /// listener's, kept current from the feed itself and copied by a replay,
     /// so replayed PEARL messages say what live ones said.
@@ -50,10 +53,31 @@ impl Feed {
         Feed {
             hub: Hub::new(hub_capacity),
             pool,
+            primary: None,
             pearl: Arc::default(),
             metrics,
             renames: Arc::default(),
             event_names: Arc::default(),
         }
+    }
+
+    /// Reads the log, snapshots and rows from `standby`; `self.pool` stays the primary's.
+    pub fn reading_from(mut self, standby: PgPool) -> Feed {
+        self.primary = Some(std::mem::replace(&mut self.pool, standby));
+        self
+    }
+
+    /// A tracked table's rows that `scope` may see, as of a watermark (see
+    /// [`log::snapshot`]); on a standby, made exact there (`standby`).
+    pub async fn snapshot(&self, table: &str, scope: &crate::auth::Scope) -> sqlx::Result<Option<log::Snapshot>> {
+        let Some(primary) = &self.primary else {
+            return log::snapshot(&self.pool, table, scope).await;
+        };
+        let mut exact = standby::exact_rows(&self.pool, primary, &[table]).await?;
+        Ok(exact
+            .rows
+            .pop()
+            .flatten()
+            .map(|rows| log::Snapshot::shaped(exact.head, exact.position, rows, scope)))
     }
 }

@@ -93,7 +93,34 @@ struct Replay {
 /// page is encoded and the one before it is sent. In one task the two took
 /// turns (`bench replay --rounds 3`: 134-151k events/s in one task, 151-161k
 /// in two).
-async fn read_ahead(sources: Feed, from: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>) {
+///
+/// On a standby (`--replica-url`) it first waits until the standby has
+/// replayed through `until`, the hub's head when the replay started: the log
+/// read must reach where the hub's events take over.
+async fn read_ahead(
+    sources: Feed,
+    from: i64,
+    until: i64,
+    pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>,
+) {
+    if sources.primary.is_some() {
+        let waited = match sources.pool.acquire().await {
+            Ok(mut db) => log::wait_for_head(&mut db, from.max(until), log::STANDBY_PATIENCE).await,
+            Err(err) => Err(err),
+        };
+        match waited {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(seq = from.max(until), "the standby has not replayed the log a replay needs");
+                let _ = pages.send(Err(sqlx::Error::PoolTimedOut)).await;
+                return;
+            }
+            Err(err) => {
+                let _ = pages.send(Err(err)).await;
+                return;
+            }
+        }
+    }
     let (read, mut changes) = tokio::sync::mpsc::channel(2);
     let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_pages(sources.pool.clone(), from, read)));
     let mut state = sources.pearl.lock().expect("pearl state lock").clone();
@@ -564,7 +591,7 @@ impl Subscriber {
         }
         self.sources.metrics.client_catch_ups.inc();
         let (pages, receiver) = tokio::sync::mpsc::channel(1);
-        let reader = tokio::spawn(read_ahead(self.sources.clone(), self.last_seq, pages));
+        let reader = tokio::spawn(read_ahead(self.sources.clone(), self.last_seq, head, pages));
         self.replay = Some(Replay {
             pages: receiver,
             _reader: tokio_util::task::AbortOnDropHandle::new(reader),

@@ -97,7 +97,7 @@ async fn tracked(state: &AppState) -> sqlx::Result<Vec<Table>> {
           WHERE pgfeed.table_label(t.table_name) IS NOT NULL
           ORDER BY 1",
     )
-    .fetch_all(&state.pool)
+    .fetch_all(&state.feed.pool)
     .await
 }
 

@@ -31,7 +31,9 @@ async fn unready_reason(state: &AppState) -> Option<String> {
     if !state.ready.load(Ordering::SeqCst) {
         return Some("listener not connected or catching up".into());
     }
-    match crate::install::status::capture_off(&state.pool).await {
+    // Read where the log is read (a standby's, with --replica-url): what a
+    // load balancer polls costs the primary nothing.
+    match crate::install::status::capture_off(&state.feed.pool).await {
         Ok(off) => {
             state.metrics.capture_off_tables.set(off.len() as i64);
             if !off.is_empty() {
@@ -49,7 +51,7 @@ async fn unready_reason(state: &AppState) -> Option<String> {
     let read = sqlx::query_as::<_, (i64, i64)>(
         "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()",
     )
-    .fetch_one(&state.pool);
+    .fetch_one(&state.feed.pool);
     let (unsequenced_ms, head) = match tokio::time::timeout(Duration::from_secs(2), read).await {
         Ok(Ok(read)) => read,
         Ok(Err(err)) => {
@@ -152,7 +154,7 @@ pub async fn status(State(state): State<AppState>, access: Access) -> Result<Res
 pub async fn tables(State(state): State<AppState>, access: Access) -> Result<Response, ApiError> {
     let scope = access.require(&state)?;
     let tracked: Vec<(String, String)> = sqlx::query_as("SELECT table_name, prefix FROM pgfeed.tracked")
-        .fetch_all(&state.pool)
+        .fetch_all(&state.feed.pool)
         .await?;
     let tables: Vec<serde_json::Value> = tracked
         .into_iter()

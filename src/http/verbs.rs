@@ -100,10 +100,16 @@ pub enum ResumeFrom {
 /// Checks `after` against the log: its bounds, and (for a checked position)
 /// that its seq names the same transaction here as where it came from.
 pub async fn resume_from(state: &AppState, after: &Position) -> Result<ResumeFrom, Refusal> {
-    let (oldest, head, here) = log::bounds(&state.pool, after.seq).await.map_err(|err| {
+    let unreadable = |err: sqlx::Error| {
         tracing::error!(error = %err, "resume: reading the log bounds");
         Refusal::Unavailable("the event log cannot be read right now")
-    })?;
+    };
+    let (mut oldest, mut head, mut here) = log::bounds(&state.feed.pool, after.seq).await.map_err(unreadable)?;
+    if let (true, Some(primary)) = (after.seq > head, &state.feed.primary) {
+        // A standby that has not replayed it yet: ahead of it is not ahead of
+        // the log. The replay waits for the standby (`feed::subscriber`).
+        (oldest, head, here) = log::bounds(primary, after.seq).await.map_err(unreadable)?;
+    }
     let refresh = |reason, oldest| Ok(ResumeFrom::Refresh { reason, oldest });
     if after.seq > head {
         return refresh("ahead", None);
@@ -128,7 +134,7 @@ pub async fn resume_from(state: &AppState, after: &Position) -> Result<ResumeFro
 /// The rows of `table` that `scope` may see, and the watermark they reflect.
 pub async fn snapshot(state: &AppState, scope: &Scope, table: &str) -> Result<log::Snapshot, Refusal> {
     check_table(state, scope, table)?;
-    match log::snapshot(&state.pool, table, scope).await {
+    match state.feed.snapshot(table, scope).await {
         Ok(Some(snapshot)) => Ok(snapshot),
         Ok(None) => {
             let shown: String = table.chars().take(64).collect();

@@ -105,7 +105,7 @@ impl State {
     /// application's tables. An untracked table reads as empty.
     pub async fn read(snapshot: &mut sqlx::PgConnection, seq: i64) -> anyhow::Result<State> {
         let mut rows = Vec::new();
-        for table in ["users", "reporting_effort_items", "tracker_comments"] {
+        for table in State::TABLES {
             let text: Option<String> = sqlx::query_scalar("SELECT rows::text FROM pgfeed.snapshot($1)")
                 .bind(table)
                 .fetch_optional(&mut *snapshot)
@@ -114,6 +114,16 @@ impl State {
             rows.push(parsed);
         }
         Ok(State::load(seq, &rows[0], &rows[1], &rows[2]))
+    }
+
+    /// The tables the state is read from, in the order `from_rows` takes them.
+    pub const TABLES: [&'static str; 3] = ["users", "reporting_effort_items", "tracker_comments"];
+
+    /// The state as of the whole transaction `seq`, from the rows of
+    /// [`State::TABLES`] as of `seq` (`None`: not tracked, read as empty).
+    pub fn from_rows(seq: i64, rows: &[Option<Vec<Value>>]) -> State {
+        let table = |i: usize| rows.get(i).and_then(|r| r.as_deref()).unwrap_or_default();
+        State::load(seq, table(0), table(1), table(2))
     }
 
     /// The state as of the whole transaction `seq`, from a snapshot taken in

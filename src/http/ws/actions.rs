@@ -277,7 +277,7 @@ impl Session {
                 .await
                 .map(|snapshot| (snapshot.watermark, verbs::raw_rows(snapshot.rows)))
         } else {
-            log::head(&self.state.pool)
+            log::head(&self.state.feed.pool)
                 .await
                 .map(|head| (head, verbs::raw_rows("[]".into())))
                 .map_err(|err| {
