@@ -221,7 +221,12 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     // An instance on a standby prunes only while it leads: following, its
     // work on the primary is hearing notifications.
     let leads = settings.replica_url.as_ref().map(|_| state.metrics.clone());
-    background.spawn(prune_periodically(pool.clone(), settings.retention, leads, shutdown.clone()));
+    background.spawn(prune_periodically(
+        pool.clone(),
+        settings.retention,
+        leads,
+        shutdown.clone(),
+    ));
 
     let tcp = tokio::net::TcpListener::bind(settings.bind)
         .await

@@ -238,7 +238,11 @@ async fn rotation_never_fails_a_writer() {
         failures.extend(failed);
     }
     let rounds = pruner.await.unwrap();
-    assert!(failures.is_empty(), "writers failed: {:?}", &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "writers failed: {:?}",
+        &failures[..failures.len().min(5)]
+    );
     assert!(rounds > 10, "prune ran {rounds} times");
     assert!(db.scalar_i64("SELECT count(*) FROM pgfeed.log_units").await > 5);
     let events = client.events(total).await;

@@ -261,16 +261,25 @@ impl Listener {
     /// subscriber is told (`refresh_needed`, `history_changed`). Returns the head.
     async fn verify_history(&mut self) -> sqlx::Result<log::Standing> {
         let reader = self.reader.as_mut().ok_or(sqlx::Error::PoolClosed)?;
-        let standing = self.work.bound(log::standing(reader, self.last_seq)).await?;
-        self.metrics
-            .unsequenced_age_ms
-            .set(standing.unsequenced.as_millis() as i64);
+        let standing = if self.standby.is_some() {
+            self.work.bound(log::standing_on_standby(reader, self.last_seq)).await?
+        } else {
+            let standing = self.work.bound(log::standing(reader, self.last_seq)).await?;
+            self.metrics
+                .unsequenced_age_ms
+                .set(standing.unsequenced.as_millis() as i64);
+            standing
+        };
         let head = standing.head;
         if head < self.last_seq && self.standby.is_some() {
             // A standby behind what was delivered (it restarted, and replays
             // again from its last restart point): it catches up; its seqs
             // are checked once it has.
-            tracing::info!(seq = self.last_seq, head, "the standby is behind what was delivered; waiting for it");
+            tracing::info!(
+                seq = self.last_seq,
+                head,
+                "the standby is behind what was delivered; waiting for it"
+            );
             return Ok(standing);
         }
         let changed = head < self.last_seq
@@ -473,6 +482,9 @@ impl Listener {
             // A standby's lag is not a stalled leader: the primary says.
             let primary = self.work.bound(log::standing(&mut *listener, self.last_seq)).await?;
             standing.unsequenced = primary.unsequenced;
+            self.metrics
+                .unsequenced_age_ms
+                .set(standing.unsequenced.as_millis() as i64);
         }
         // Committed transactions waiting on a leader that holds the lead and does not tick.
         if self.sequencer.fence_hung_leader(listener, standing.unsequenced).await? {

@@ -48,7 +48,10 @@ pub async fn exact_rows(standby: &PgPool, primary: &PgPool, tables: &[&str]) -> 
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));
     }
-    tracing::debug!(?tables, "the standby's snapshot could not be made exact; reading the primary");
+    tracing::debug!(
+        ?tables,
+        "the standby's snapshot could not be made exact; reading the primary"
+    );
     let mut tx = log::ticked_snapshot(primary).await?;
     let exact = read_in(&mut tx, tables).await?;
     tx.commit().await?;
@@ -186,7 +189,12 @@ mod tests {
         let mut rows = vec![json!({"id": 1, "a": "x2"}), json!({"id": 3, "a": "new"})];
         // Newest first: the insert of 3, the update of 1, the delete of 2.
         assert!(undo(&mut rows, "INSERT", Some(json!({"id": 3, "a": "new"})), None));
-        assert!(undo(&mut rows, "UPDATE", Some(json!({"id": 1, "a": "x2"})), Some(json!({"id": 1, "a": "x1"}))));
+        assert!(undo(
+            &mut rows,
+            "UPDATE",
+            Some(json!({"id": 1, "a": "x2"})),
+            Some(json!({"id": 1, "a": "x1"}))
+        ));
         assert!(undo(&mut rows, "DELETE", None, Some(json!({"id": 2, "a": "y"}))));
         assert_eq!(rows, vec![json!({"id": 1, "a": "x1"}), json!({"id": 2, "a": "y"})]);
         assert!(!undo(&mut rows, "INSERT", Some(json!({"id": 9})), None));

@@ -97,12 +97,7 @@ struct Replay {
 /// On a standby (`--replica-url`) it first waits until the standby has
 /// replayed through `until`, the hub's head when the replay started: the log
 /// read must reach where the hub's events take over.
-async fn read_ahead(
-    sources: Feed,
-    from: i64,
-    until: i64,
-    pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>,
-) {
+async fn read_ahead(sources: Feed, from: i64, until: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Event>>>) {
     if sources.primary.is_some() {
         let waited = match sources.pool.acquire().await {
             Ok(mut db) => log::wait_for_head(&mut db, from.max(until), log::STANDBY_PATIENCE).await,
@@ -111,7 +106,10 @@ async fn read_ahead(
         match waited {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(seq = from.max(until), "the standby has not replayed the log a replay needs");
+                tracing::warn!(
+                    seq = from.max(until),
+                    "the standby has not replayed the log a replay needs"
+                );
                 let _ = pages.send(Err(sqlx::Error::PoolTimedOut)).await;
                 return;
             }
@@ -618,6 +616,7 @@ mod tests {
         let sources = Feed {
             hub: hub.clone(),
             pool,
+            primary: None,
             pearl: Arc::default(),
             metrics: Arc::default(),
             renames: Arc::default(),

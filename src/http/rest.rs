@@ -48,9 +48,13 @@ async fn unready_reason(state: &AppState) -> Option<String> {
             return Some("the database cannot be read".into());
         }
     }
-    let read = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()",
-    )
+    // A standby has no stamps (they are not replicated): there, the
+    // listener's last look at the primary says how long sequencing waits.
+    let read = sqlx::query_as::<_, (i64, i64)>(if state.feed.primary.is_some() {
+        "SELECT -1::int8, pgfeed.head()"
+    } else {
+        "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()"
+    })
     .fetch_one(&state.feed.pool);
     let (unsequenced_ms, head) = match tokio::time::timeout(Duration::from_secs(2), read).await {
         Ok(Ok(read)) => read,
@@ -60,7 +64,12 @@ async fn unready_reason(state: &AppState) -> Option<String> {
         }
         Err(_) => return Some("the database does not answer within 2 s".into()),
     };
-    state.metrics.unsequenced_age_ms.set(unsequenced_ms);
+    let unsequenced_ms = if unsequenced_ms < 0 {
+        state.metrics.unsequenced_age_ms.get()
+    } else {
+        state.metrics.unsequenced_age_ms.set(unsequenced_ms);
+        unsequenced_ms
+    };
     let waited = Duration::from_millis(unsequenced_ms.max(0) as u64);
     if waited > state.limits.stall_timeout {
         return Some(format!(
