@@ -293,3 +293,28 @@ async fn a_lagging_or_restarting_standby_delays_clients_and_loses_nothing() {
     follower.stop().await.unwrap();
     leader.stop().await.unwrap();
 }
+
+/// The leader goes; the follower on the standby takes the lead (it then
+/// hears writers on the primary and ticks there) and its client loses nothing.
+#[tokio::test]
+async fn a_follower_on_a_standby_takes_the_lead_when_the_leader_goes() {
+    let pair = Pair::start("replica-takeover").await;
+    let leader = pair.leader().await;
+    let follower = pair.follower().await;
+    let mut client = Client::connect(&follower, "/ws").await;
+    client.next_of("connected").await;
+    let start = subscribed_position(&mut client, json!(["text_elements", "studies"])).await;
+    let writers = Writers::start(&pair.db.url, 2, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leader.stop().await.unwrap();
+    writers.finish().await;
+    let received = read_until_marker(&pair.db, &mut client).await;
+    assert_matches_log(&pair.db, &received, start).await;
+    assert_eq!(follower.state.metrics.leader.get(), 1, "the follower leads now");
+    // Led from the follower, a write still arrives promptly (its ticks are woken by writers).
+    let started = std::time::Instant::now();
+    pair.db.exec("INSERT INTO studies (study_label) VALUES ('led')").await;
+    assert_eq!(client.events(1).await[0]["data"]["study_label"], "led");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    follower.stop().await.unwrap();
+}

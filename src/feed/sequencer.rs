@@ -158,6 +158,9 @@ pub struct Sequencer {
     /// How long committed transactions may wait for a seq before a follower
     /// ends the leader's session (`--stall-timeout`).
     stall_timeout: Duration,
+    /// A follower that hears ticks' announcements (on a standby it polls the
+    /// standby instead, and ticks announce nothing to it).
+    hears: bool,
 }
 
 impl Sequencer {
@@ -171,7 +174,15 @@ impl Sequencer {
             rate: Rate::new(Instant::now()),
             tick_interval,
             stall_timeout,
+            hears: true,
         }
+    }
+
+    /// Following, it wants no announcements: it looks for new seqs itself
+    /// (a follower on a standby, which polls the standby).
+    pub fn without_announcements(mut self) -> Sequencer {
+        self.hears = false;
+        self
     }
 
     /// This listener ticks.
@@ -198,7 +209,7 @@ impl Sequencer {
             tokio::time::sleep(Duration::from_millis(100)).await;
             self.leader = try_lock(listener, LEADER_LOCK).await?;
         }
-        if !self.leader {
+        if !self.leader && self.hears {
             share_lock(listener, FOLLOWER_LOCK).await?;
         }
         self.waiting = false;
@@ -209,7 +220,7 @@ impl Sequencer {
     /// A quiet follower tries for the lead, which a departed leader leaves free.
     pub async fn take_over_if_free(&mut self, listener: &mut PgListener) -> sqlx::Result<bool> {
         self.leader = try_lock(listener, LEADER_LOCK).await?;
-        if self.leader {
+        if self.leader && self.hears {
             unshare_lock(listener, FOLLOWER_LOCK).await?;
         }
         Ok(self.leader)

@@ -18,6 +18,10 @@
 //!   beside DELETE (the release before it): time and WAL to trim, and the
 //!   writers' rate while retention runs.
 //!
+//! - `followers` ([`followers`]): the primary's CPU per follower instance at a
+//!   steady write rate, reading the primary and reading a streaming standby,
+//!   beside one instance alone.
+//!
 //! Socket scenarios run their servers in processes of their own ([`peer`]), so
 //! each server's memory and CPU are its own, not the clients'; the latency
 //! scenario's clients run in one more ([`swarm`]), lean enough not to be what
@@ -25,6 +29,7 @@
 
 mod delivery;
 mod fanout;
+mod followers;
 mod latency;
 mod memory;
 pub mod peer;
@@ -70,6 +75,8 @@ pub enum Scenario {
     Memory,
     /// Trimming the log: rotation vs DELETE (time, WAL, writers' rate meanwhile).
     Retention,
+    /// Primary CPU per follower instance, reading the primary and reading a standby.
+    Followers,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -107,7 +114,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub clients: Option<usize>,
 
-    /// Transactions per second (one event each) for `latency`.
+    /// Transactions per second (one event each) for `latency` and `followers`.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
 
@@ -244,6 +251,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if wants(Scenario::Retention) {
         let millions = args.million_rows.unwrap_or(if args.quick { 0.1 } else { 2.0 });
         figures.extend(retention::run(&setup, millions).await?);
+    }
+    if wants(Scenario::Followers) {
+        figures.extend(followers::run(&setup, args.rate).await?);
     }
     if args.json {
         println!("{}", serde_json::json!({"setup": header, "figures": figures}));

@@ -1,0 +1,318 @@
+//! What an instance costs the primary: CPU time of the primary's Postgres
+//! processes while writers commit one-row transactions at a steady rate, with
+//! one pgfeed instance (the leader), then with the leader and `FOLLOWERS`
+//! followers that read the primary, then with as many that read a streaming
+//! standby (`--replica-url`). The phases take turns, `rounds` times; the cost
+//! of a follower is its phase's CPU less the leader-only phase's, divided by
+//! the followers (everything it causes: its backends, and the writers' and
+//! WAL's share of serving it), and, more precisely, the CPU of its own
+//! backends on the primary (found by the ports of the follower's sockets).
+//!
+//! It runs on a primary and a standby of its own (private clusters, fsync on),
+//! whatever `DATABASE_URL` says: a standby is part of what it measures. The
+//! standby streams in every phase, so its WAL sender is in every figure alike.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sqlx::postgres::PgPoolOptions;
+
+use pgfeed::db::{self, embedded};
+
+use super::peer::Peer;
+use super::{Figure, Setup};
+
+/// Followers per phase.
+const FOLLOWERS: usize = 3;
+/// Writer connections sharing the rate.
+const WRITERS: usize = 4;
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Leader,
+    OnPrimary,
+    OnStandby,
+}
+
+pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
+    let scratch = std::env::temp_dir().join(format!("pgfeed-bench-followers-{}", std::process::id()));
+    let primary = embedded::Cluster::start(&scratch.join("primary"), embedded::Durability::Durable)?;
+    db::create_database(&primary.url("postgres"), "followers").await?;
+    let url = primary.url("followers");
+    let pool = PgPoolOptions::new()
+        .max_connections(WRITERS as u32 + 2)
+        .connect(&url)
+        .await?;
+    pgfeed::install::migrate(&pool, false).await?;
+    sqlx::raw_sql(include_str!("variants.sql")).execute(&pool).await?;
+    let standby = embedded::Cluster::start_standby(&primary, &scratch.join("standby"), embedded::Durability::Durable)?;
+    let replica = standby.url("followers");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writers = write_at_rate(&pool, rate, stop.clone(), committed.clone());
+    let span = setup.span.max(Duration::from_secs(3));
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut own: [Vec<f64>; 3] = Default::default();
+    for _ in 0..setup.rounds {
+        for (i, phase) in [Phase::Leader, Phase::OnPrimary, Phase::OnStandby]
+            .into_iter()
+            .enumerate()
+        {
+            let (total, backends) = measure(primary.data_dir(), &pool, &url, &replica, phase, span).await?;
+            cpu[i].push(total);
+            own[i].push(backends / FOLLOWERS as f64);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await??;
+    }
+    let achieved = committed.load(Ordering::SeqCst) as f64;
+    pool.close().await;
+    drop(standby);
+    drop(primary);
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (leader, on_primary, on_standby) = (mean(&cpu[0]), mean(&cpu[1]), mean(&cpu[2]));
+    let per = |phase: f64| (phase - leader) / FOLLOWERS as f64;
+    let rounds = |v: &[f64]| v.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ");
+    tracing::info!(achieved, "followers: transactions committed over the run");
+    let phase = |v: &[f64]| v.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ");
+    Ok(vec![
+        Figure::alone(
+            "follow",
+            format!("primary CPU %, leader only, {rate} tx/s ({})", rounds(&cpu[0])),
+            leader,
+            "report",
+        ),
+        Figure::alone(
+            "follow",
+            format!(
+                "primary CPU %/follower, on a standby, all it causes ({})",
+                rounds(&cpu[2])
+            ),
+            per(on_standby),
+            "<= 1 % of a core",
+        ),
+        Figure::alone(
+            "follow",
+            format!(
+                "primary CPU %/follower, on a standby, own backends ({})",
+                phase(&own[2])
+            ),
+            mean(&own[2]),
+            "<= 1 % of a core",
+        ),
+        Figure::alone(
+            "follow",
+            format!(
+                "primary CPU %/follower, on the primary, all it causes ({})",
+                rounds(&cpu[1])
+            ),
+            per(on_primary),
+            "reference",
+        ),
+        Figure::alone(
+            "follow",
+            format!(
+                "primary CPU %/follower, on the primary, own backends ({})",
+                phase(&own[1])
+            ),
+            mean(&own[1]),
+            "reference",
+        ),
+    ])
+}
+
+/// The primary's CPU (% of one core) over `span` with this phase's instances
+/// running, and that of the followers' own backends there.
+async fn measure(
+    data_dir: &Path,
+    pool: &sqlx::PgPool,
+    url: &str,
+    replica: &str,
+    phase: Phase,
+    span: Duration,
+) -> Result<(f64, f64)> {
+    let leader = Peer::pgfeed(url, 16).await?;
+    // The first instance up takes the lead; the followers find it taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut followers = Vec::new();
+    let reading = [("PGFEED_REPLICA_URL", replica)];
+    for _ in 0..FOLLOWERS {
+        match phase {
+            Phase::Leader => {}
+            Phase::OnPrimary => followers.push(Peer::pgfeed(url, 16).await?),
+            Phase::OnStandby => followers.push(Peer::pgfeed_with(url, 16, &reading).await?),
+        }
+    }
+    // Settled: connections made, start positions read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ports: Vec<i32> = followers
+        .iter()
+        .filter_map(|f| f.child.id())
+        .flat_map(|pid| tcp_ports(pid as i32))
+        .collect();
+    let backends: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1)")
+        .bind(&ports)
+        .fetch_all(pool)
+        .await?;
+    let heard = || async {
+        match followers.first() {
+            Some(f) => counter(f.addr, "pgfeed_notifications_received_total").await,
+            None => 0.0,
+        }
+    };
+    // The scrape first: it is not part of what is measured.
+    let heard_before = heard().await;
+    let before = (primary_cpu(data_dir)?, cpu_of(&backends), heard_before);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(span).await;
+    let used = (primary_cpu(data_dir)? - before.0, cpu_of(&backends) - before.1);
+    let elapsed = started.elapsed().as_secs_f64();
+    if !followers.is_empty() {
+        tracing::info!(
+            ?phase,
+            per_second = (heard().await - before.2) / elapsed,
+            "notifications a follower heard"
+        );
+    }
+    drop(followers);
+    drop(leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((100.0 * used.0 / elapsed, 100.0 * used.1 / elapsed))
+}
+
+/// A counter of the server at `addr`'s `/metrics`.
+async fn counter(addr: std::net::SocketAddr, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0.0;
+    };
+    let request = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut text = String::new();
+    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_string(&mut text).await.is_err() {
+        return 0.0;
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The local ports of process `pid`'s TCP sockets.
+fn tcp_ports(pid: i32) -> Vec<i32> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let target = target.to_string_lossy().to_string();
+                    Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            if inodes.iter().any(|i| i == inode) {
+                if let Some(port) = local
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| i32::from_str_radix(p, 16).ok())
+                {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// CPU seconds used so far by processes `pids` (those that are gone count 0).
+fn cpu_of(pids: &[i32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| process_ticks(&format!("/proc/{pid}")).map(|(_, ticks)| ticks))
+        .sum::<u64>() as f64
+        / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// A process's parent and its user + system CPU ticks, from `/proc/<pid>/stat`.
+fn process_ticks(dir: &str) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // After the command's closing parenthesis: state, ppid, … utime (14th field), stime (15th).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Some((fields.get(1)?.parse().ok()?, field(14) + field(15)))
+}
+
+/// CPU seconds used so far by the primary's postmaster and its children (backends, WAL sender, …).
+fn primary_cpu(data_dir: &Path) -> Result<f64> {
+    let postmaster: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .context("reading postmaster.pid")?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("postmaster.pid names no process")?;
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some((ppid, ticks)) = process_ticks(&entry.path().to_string_lossy()) {
+            if pid == postmaster || ppid == postmaster {
+                total += ticks;
+            }
+        }
+    }
+    Ok(total as f64 / clock_ticks())
+}
+
+/// One-row transactions into the tracked bench table at `rate` per second
+/// until `stop`, from `WRITERS` connections in turn.
+fn write_at_rate(
+    pool: &sqlx::PgPool,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    let started = tokio::time::Instant::now();
+    (0..WRITERS)
+        .map(|w| {
+            let (pool, stop, committed) = (pool.clone(), stop.clone(), committed.clone());
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let mut i = w;
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+                    sqlx::query("INSERT INTO bench_tracked (label) VALUES ($1)")
+                        .bind(format!("f-{i}"))
+                        .execute(&mut *conn)
+                        .await?;
+                    committed.fetch_add(1, Ordering::SeqCst);
+                    i += WRITERS;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect()
+}
