@@ -28,7 +28,11 @@
 //!    runs the ticks, reads what they sequenced from the log ([`feed::log`])
 //!    as [`feed::change::Change`]s, catches up from the log after anything
 //!    unexpected, and starts over (telling every subscriber) when the
-//!    database's history is no longer the one it delivered.
+//!    database's history is no longer the one it delivered. With
+//!    `--replica-url` it reads a streaming standby instead, after it has
+//!    replayed what was heard of; a follower there looks at the standby
+//!    rather than `LISTEN`ing, and [`feed::standby`] makes a snapshot read
+//!    there exact without a tick.
 //! 2. [`feed::event`]: each change becomes its wire event(s), typed against
 //!    PEARL's rows ([`feed::pearl`], which also holds the `track --preset pearl`
 //!    list), named as the table wants ([`feed::kinds`]) and encoded once. A

@@ -392,13 +392,19 @@ async fn bench_quick_reports_every_figure() {
     distinct.dedup();
     assert_eq!(
         distinct,
-        ["write", "keepup", "replay", "latency", "fanout", "memory", "retain"]
+        ["write", "keepup", "replay", "latency", "fanout", "memory", "retain", "follow"]
     );
     // Every write path beside the references, and the three fan-out figures at
     // 1,000 clients: deliveries/s against both targets, and server CPU per delivery.
     assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 7, "{figures:?}");
     assert_eq!(scenarios.iter().filter(|s| **s == "fanout").count(), 3, "{figures:?}");
     for figure in figures {
+        // What a follower adds to a cluster's CPU is a difference of two
+        // phases: within the noise it can come out below zero.
+        if figure["figure"].as_str().unwrap().contains("all it causes") {
+            assert!(figure["value"].as_f64().unwrap().is_finite(), "{figure}");
+            continue;
+        }
         assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
         if let Some(reference) = figure["reference"].as_f64() {
             assert!(reference > 0.0, "{figure}");

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod log;
 pub mod pearl;
 pub mod renames;
+mod replay;
 pub mod sequencer;
 pub mod standby;
 pub mod subscriber;

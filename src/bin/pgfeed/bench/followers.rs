@@ -57,14 +57,17 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
     let span = setup.span.max(Duration::from_secs(3));
     let mut cpu: [Vec<f64>; 3] = Default::default();
     let mut own: [Vec<f64>; 3] = Default::default();
+    let mut on_the_standby: [Vec<f64>; 3] = Default::default();
     for _ in 0..setup.rounds {
         for (i, phase) in [Phase::Leader, Phase::OnPrimary, Phase::OnStandby]
             .into_iter()
             .enumerate()
         {
-            let (total, backends) = measure(primary.data_dir(), &pool, &url, &replica, phase, span).await?;
+            let clusters = [primary.data_dir(), standby.data_dir()];
+            let (total, backends, standby_total) = measure(clusters, &pool, &url, &replica, phase, span).await?;
             cpu[i].push(total);
             own[i].push(backends / FOLLOWERS as f64);
+            on_the_standby[i].push(standby_total);
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -82,7 +85,6 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
     let per = |phase: f64| (phase - leader) / FOLLOWERS as f64;
     let rounds = |v: &[f64]| v.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ");
     tracing::info!(achieved, "followers: transactions committed over the run");
-    let phase = |v: &[f64]| v.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ");
     Ok(vec![
         Figure::alone(
             "follow",
@@ -103,10 +105,19 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
             "follow",
             format!(
                 "primary CPU %/follower, on a standby, own backends ({})",
-                phase(&own[2])
+                rounds(&own[2])
             ),
             mean(&own[2]),
             "<= 1 % of a core",
+        ),
+        Figure::alone(
+            "follow",
+            format!(
+                "standby CPU %/follower, on a standby, all it causes ({})",
+                rounds(&on_the_standby[2])
+            ),
+            (mean(&on_the_standby[2]) - mean(&on_the_standby[0])) / FOLLOWERS as f64,
+            "report (standbys scale out)",
         ),
         Figure::alone(
             "follow",
@@ -121,7 +132,7 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
             "follow",
             format!(
                 "primary CPU %/follower, on the primary, own backends ({})",
-                phase(&own[1])
+                rounds(&own[1])
             ),
             mean(&own[1]),
             "reference",
@@ -130,15 +141,15 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
 }
 
 /// The primary's CPU (% of one core) over `span` with this phase's instances
-/// running, and that of the followers' own backends there.
+/// running, that of the followers' own backends there, and the standby's.
 async fn measure(
-    data_dir: &Path,
+    [data_dir, standby_dir]: [&Path; 2],
     pool: &sqlx::PgPool,
     url: &str,
     replica: &str,
     phase: Phase,
     span: Duration,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64)> {
     let leader = Peer::pgfeed(url, 16).await?;
     // The first instance up takes the lead; the followers find it taken.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -170,22 +181,30 @@ async fn measure(
     };
     // The scrape first: it is not part of what is measured.
     let heard_before = heard().await;
-    let before = (primary_cpu(data_dir)?, cpu_of(&backends), heard_before);
+    let before = (cluster_cpu(data_dir)?, cpu_of(&backends), cluster_cpu(standby_dir)?);
     let started = std::time::Instant::now();
     tokio::time::sleep(span).await;
-    let used = (primary_cpu(data_dir)? - before.0, cpu_of(&backends) - before.1);
+    let used = (
+        cluster_cpu(data_dir)? - before.0,
+        cpu_of(&backends) - before.1,
+        cluster_cpu(standby_dir)? - before.2,
+    );
     let elapsed = started.elapsed().as_secs_f64();
     if !followers.is_empty() {
         tracing::info!(
             ?phase,
-            per_second = (heard().await - before.2) / elapsed,
+            per_second = (heard().await - heard_before) / elapsed,
             "notifications a follower heard"
         );
     }
     drop(followers);
     drop(leader);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok((100.0 * used.0 / elapsed, 100.0 * used.1 / elapsed))
+    Ok((
+        100.0 * used.0 / elapsed,
+        100.0 * used.1 / elapsed,
+        100.0 * used.2 / elapsed,
+    ))
 }
 
 /// A counter of the server at `addr`'s `/metrics`.
@@ -265,8 +284,8 @@ fn process_ticks(dir: &str) -> Option<(i32, u64)> {
     Some((fields.get(1)?.parse().ok()?, field(14) + field(15)))
 }
 
-/// CPU seconds used so far by the primary's postmaster and its children (backends, WAL sender, …).
-fn primary_cpu(data_dir: &Path) -> Result<f64> {
+/// CPU seconds used so far by a cluster's postmaster and its children (backends, WAL sender, …).
+fn cluster_cpu(data_dir: &Path) -> Result<f64> {
     let postmaster: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .context("reading postmaster.pid")?
         .lines()
