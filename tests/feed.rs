@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,12 +338,7 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
     // Events before the snapshot reply belong to before it; rebuild from the snapshot on.
     let snapshot = client.next_of("snapshot").await;
     let watermark = snapshot["seq"].as_i64().unwrap();
-    let mut rows: BTreeMap<i64, Value> = snapshot["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["id"].as_i64().unwrap(), r.clone()))
-        .collect();
+    let mut rows = common::rows_by_id(&snapshot);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     for w in writers {
@@ -352,60 +346,16 @@ async fn snapshot_handoff_is_exact_while_writers_run() {
     }
     // A final marker write tells us when everything has arrived.
     db.exec("INSERT INTO studies (study_label) VALUES ('marker')").await;
-    let mut applied = 0;
-    loop {
-        let event = client.next().await;
-        if event.get("op").is_none() {
-            continue;
-        }
-        assert!(
-            event["seq"].as_i64().unwrap() > watermark,
-            "event at or below the watermark: {event}"
-        );
-        let id = event["data"]["id"].as_i64().unwrap();
-        match event["op"].as_str().unwrap() {
-            "DELETE" => assert!(
-                rows.remove(&id).is_some(),
-                "delete of a row the snapshot did not have: {event}"
-            ),
-            "INSERT" => assert!(
-                rows.insert(id, event["data"].clone()).is_none(),
-                "insert of a row the snapshot had: {event}"
-            ),
-            _ => assert!(
-                rows.insert(id, event["data"].clone()).is_some(),
-                "update of a row the snapshot lacked: {event}"
-            ),
-        }
-        applied += 1;
-        if event["data"]["study_label"] == "marker" {
-            break;
-        }
-    }
+    let applied = common::apply_until_marker(&mut client, &mut rows, watermark).await;
     assert!(applied > 1, "the writers should have run during the handoff");
-    let table: Vec<(i32, String)> = sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    let rebuilt: Vec<(i32, String)> = rows
-        .values()
-        .map(|r| {
-            (
-                r["id"].as_i64().unwrap() as i32,
-                r["study_label"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        rebuilt, table,
-        "snapshot + events after the watermark must equal the table"
-    );
+    common::assert_rows_are_studies(&db, &rows).await;
+    let table_len = rows.len();
 
     // The HTTP snapshot carries the same watermark semantics.
     let (status, body) = common::http_get(&server, "/api/v1/studies").await;
     assert_eq!(status, 200);
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["rows"].as_array().unwrap().len(), table.len());
+    assert_eq!(body["rows"].as_array().unwrap().len(), table_len);
     assert_eq!(
         body["seq"].as_i64().unwrap(),
         db.scalar_i64("SELECT pgfeed.head()").await

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{assert_matches_log, read_until_marker, scratch_dir, wait_ready, Client, TestDb, Writers};
@@ -190,12 +189,7 @@ async fn a_snapshot_from_the_standby_hands_over_exactly() {
     let snapshot = client.next_of("snapshot").await;
     let watermark = snapshot["seq"].as_i64().unwrap();
     assert_eq!(watermark, before, "the snapshot is as of the last seq given");
-    let mut rows: BTreeMap<i64, Value> = snapshot["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["id"].as_i64().unwrap(), r.clone()))
-        .collect();
+    let mut rows = common::rows_by_id(&snapshot);
     let labels: Vec<&str> = rows.values().map(|r| r["study_label"].as_str().unwrap()).collect();
     assert_eq!(labels.len(), 50, "{labels:?}");
     assert!(labels.contains(&"S1") && labels.contains(&"S2") && !labels.contains(&"new-1"));
@@ -204,48 +198,8 @@ async fn a_snapshot_from_the_standby_hands_over_exactly() {
     pair.db
         .exec("INSERT INTO studies (study_label) VALUES ('marker')")
         .await;
-    loop {
-        let event = client.next().await;
-        if event.get("op").is_none() {
-            continue;
-        }
-        assert!(event["seq"].as_i64().unwrap() > watermark, "{event}");
-        let id = event["data"]["id"].as_i64().unwrap();
-        match event["op"].as_str().unwrap() {
-            "DELETE" => assert!(
-                rows.remove(&id).is_some(),
-                "delete of a row the snapshot lacked: {event}"
-            ),
-            "INSERT" => assert!(
-                rows.insert(id, event["data"].clone()).is_none(),
-                "insert of a row it had: {event}"
-            ),
-            _ => assert!(
-                rows.insert(id, event["data"].clone()).is_some(),
-                "update of a row it lacked: {event}"
-            ),
-        }
-        if event["data"]["study_label"] == "marker" {
-            break;
-        }
-    }
-    let table: Vec<(i32, String)> = sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
-        .fetch_all(&pair.db.pool)
-        .await
-        .unwrap();
-    let rebuilt: Vec<(i32, String)> = rows
-        .values()
-        .map(|r| {
-            (
-                r["id"].as_i64().unwrap() as i32,
-                r["study_label"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        rebuilt, table,
-        "snapshot + events after the watermark must equal the table"
-    );
+    common::apply_until_marker(&mut client, &mut rows, watermark).await;
+    common::assert_rows_are_studies(&pair.db, &rows).await;
     follower.stop().await.unwrap();
     leader.stop().await.unwrap();
 }

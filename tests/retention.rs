@@ -9,6 +9,12 @@ mod common;
 use common::{assert_matches_log, Client, TestDb};
 use serde_json::json;
 
+/// Held by each test for its whole run: units are ranges of transaction ids,
+/// which every database of the binary's cluster spends, so a test that
+/// spends them fast (rotation_never_fails_a_writer) would outrun another's
+/// narrow units, which then stay empty and are dropped.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Units of `width` transaction ids from here on: spends the ids left in the
 /// unit the installation made, then lets prune make a small one. Dropping a
 /// unit may wait 2 s for the log's lock, not 100 ms: on a loaded machine the
@@ -43,6 +49,7 @@ async fn units(db: &TestDb) -> Vec<String> {
 
 #[tokio::test]
 async fn retention_drops_whole_units_and_replay_crosses_them() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let db = TestDb::new().await;
     small_units(&db, 6).await;
     let server = db.server().await;
@@ -145,6 +152,7 @@ async fn retention_drops_whole_units_and_replay_crosses_them() {
 
 #[tokio::test]
 async fn writers_that_outrun_rotation_lose_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let db = TestDb::new().await;
     small_units(&db, 16).await;
     let server = db.server().await;
@@ -190,6 +198,7 @@ async fn writers_that_outrun_rotation_lose_nothing() {
 /// row was on its way to the overflow would fail that writer's insert.
 #[tokio::test]
 async fn rotation_never_fails_a_writer() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let db = TestDb::new().await;
     small_units(&db, 4).await;
     db.exec("UPDATE pgfeed.rotation SET min_width = 1, max_width = 4").await;

@@ -45,3 +45,75 @@ pub async fn assert_matches_log(db: &TestDb, events: &[Value], after: i64) {
         );
     }
 }
+
+/// A snapshot message's rows, by id.
+pub fn rows_by_id(snapshot: &Value) -> std::collections::BTreeMap<i64, Value> {
+    snapshot["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r.clone()))
+        .collect()
+}
+
+/// Applies the row events `client` receives to `rows` (a snapshot at
+/// `watermark`) until the study labelled `marker` arrives: each must be above
+/// the watermark and fit the rows (no insert of a row they have, no update or
+/// delete of one they lack). Returns how many it applied.
+pub async fn apply_until_marker(
+    client: &mut Client,
+    rows: &mut std::collections::BTreeMap<i64, Value>,
+    watermark: i64,
+) -> usize {
+    let mut applied = 0;
+    loop {
+        let event = client.next().await;
+        if event.get("op").is_none() {
+            continue;
+        }
+        assert!(
+            event["seq"].as_i64().unwrap() > watermark,
+            "event at or below the watermark: {event}"
+        );
+        let id = event["data"]["id"].as_i64().unwrap();
+        match event["op"].as_str().unwrap() {
+            "DELETE" => assert!(
+                rows.remove(&id).is_some(),
+                "delete of a row the snapshot did not have: {event}"
+            ),
+            "INSERT" => assert!(
+                rows.insert(id, event["data"].clone()).is_none(),
+                "insert of a row the snapshot had: {event}"
+            ),
+            _ => assert!(
+                rows.insert(id, event["data"].clone()).is_some(),
+                "update of a row the snapshot lacked: {event}"
+            ),
+        }
+        applied += 1;
+        if event["data"]["study_label"] == "marker" {
+            return applied;
+        }
+    }
+}
+
+/// Asserts `rows` (ids and labels) are the `studies` table now.
+pub async fn assert_rows_are_studies(db: &TestDb, rows: &std::collections::BTreeMap<i64, Value>) {
+    let table: Vec<(i32, String)> = sqlx::query_as("SELECT id, study_label FROM studies ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let rebuilt: Vec<(i32, String)> = rows
+        .values()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap() as i32,
+                r["study_label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rebuilt, table,
+        "snapshot + events after the watermark must equal the table"
+    );
+}

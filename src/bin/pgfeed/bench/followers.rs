@@ -164,10 +164,14 @@ async fn measure(
     }
     // Settled: connections made, start positions read.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let primary_port: i32 = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map(|o| i32::from(o.get_port()))
+        .unwrap_or(5432);
     let ports: Vec<i32> = followers
         .iter()
         .filter_map(|f| f.child.id())
-        .flat_map(|pid| tcp_ports(pid as i32))
+        .flat_map(|pid| tcp_ports(pid as i32, primary_port))
         .collect();
     let backends: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1)")
         .bind(&ports)
@@ -223,8 +227,9 @@ async fn counter(addr: std::net::SocketAddr, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The local ports of process `pid`'s TCP sockets.
-fn tcp_ports(pid: i32) -> Vec<i32> {
+/// The local ports of process `pid`'s TCP connections to port `to` (a port
+/// number alone may stand for connections to two servers).
+fn tcp_ports(pid: i32, to: i32) -> Vec<i32> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.flatten()
@@ -243,16 +248,16 @@ fn tcp_ports(pid: i32) -> Vec<i32> {
         };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+            let (Some(local), Some(remote), Some(inode)) = (fields.get(1), fields.get(2), fields.get(9)) else {
                 continue;
             };
-            if inodes.iter().any(|i| i == inode) {
-                if let Some(port) = local
+            let port = |address: &str| {
+                address
                     .rsplit_once(':')
                     .and_then(|(_, p)| i32::from_str_radix(p, 16).ok())
-                {
-                    ports.push(port);
-                }
+            };
+            if inodes.iter().any(|i| i == inode) && port(remote) == Some(to) {
+                ports.extend(port(local));
             }
         }
     }
