@@ -235,7 +235,7 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
     let router = http::app(state.clone());
     let token = shutdown.clone();
     let sockets = state.sockets.clone();
-    let standby = state.feed.primary.as_ref().map(|_| state.feed.pool.clone());
+    let feed = state.feed.clone();
     let tls = settings.tls.clone();
     let task = tokio::spawn(async move {
         match tls {
@@ -260,8 +260,9 @@ pub async fn start(url: &str, settings: Settings) -> Result<Running> {
         background.close();
         background.wait().await;
         pool.close().await;
-        if let Some(standby) = &standby {
-            standby.close().await;
+        if feed.primary.is_some() {
+            // The feed's pool is the standby's.
+            feed.pool.close().await;
         }
         Ok(())
     });

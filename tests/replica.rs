@@ -132,7 +132,7 @@ async fn a_follower_on_a_standby_delivers_every_event_once_in_order() {
     assert_eq!(committed, 600);
     let received = read_until_marker(&pair.db, &mut on_follower).await;
     assert_matches_log(&pair.db, &received, start).await;
-    let from_leader = read_until_first_marker_of(&mut on_leader).await;
+    let from_leader = common::read_until_first_marker(&mut on_leader).await;
     assert_matches_log(&pair.db, &from_leader, leader_start).await;
 
     // A client that resumes on the follower from where it started gets the same, from the standby's log.
@@ -146,10 +146,6 @@ async fn a_follower_on_a_standby_delivers_every_event_once_in_order() {
     assert_eq!(seqs(&replayed), seqs(&received));
     follower.stop().await.unwrap();
     leader.stop().await.unwrap();
-}
-
-async fn read_until_first_marker_of(client: &mut Client) -> Vec<Value> {
-    common::read_until_first_marker(client).await
 }
 
 /// The follower's snapshot comes from the standby while committed

@@ -281,21 +281,23 @@ pub struct Standing {
 
 /// The head, the checked position of `seq`, and how long sequencing is behind.
 pub async fn standing<'e>(db: impl PgExecutor<'e>, seq: i64) -> sqlx::Result<Standing> {
-    standing_by(db, seq, UNSEQUENCED_MS).await
+    standing_by(
+        db,
+        seq,
+        "SELECT pgfeed.head(), pgfeed.position($1), (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8",
+    )
+    .await
 }
 
 /// As [`standing`], on a standby: the stamps that time sequencing are not
 /// replicated (an unlogged table), so `unsequenced` is zero; the primary says.
 pub async fn standing_on_standby<'e>(db: impl PgExecutor<'e>, seq: i64) -> sqlx::Result<Standing> {
-    standing_by(db, seq, "0::int8").await
+    standing_by(db, seq, "SELECT pgfeed.head(), pgfeed.position($1), 0::int8").await
 }
 
-const UNSEQUENCED_MS: &str = "(extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8";
-
-async fn standing_by<'e>(db: impl PgExecutor<'e>, seq: i64, unsequenced: &str) -> sqlx::Result<Standing> {
-    let sql = format!("SELECT pgfeed.head(), pgfeed.position($1), {unsequenced}");
+async fn standing_by<'e>(db: impl PgExecutor<'e>, seq: i64, sql: &'static str) -> sqlx::Result<Standing> {
     let (head, position, unsequenced_ms): (i64, Option<String>, i64) =
-        sqlx::query_as(&sql).bind(seq).fetch_one(db).await?;
+        sqlx::query_as(sql).bind(seq).fetch_one(db).await?;
     Ok(Standing {
         head,
         position,

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::access::Access;
 use super::{verbs, ApiError, AppState};
 use crate::config::defaults;
+use crate::feed::log;
 use crate::protocol::{Envelope, Position, ServerMessage};
 
 pub async fn healthz() -> &'static str {
@@ -48,29 +49,34 @@ async fn unready_reason(state: &AppState) -> Option<String> {
             return Some("the database cannot be read".into());
         }
     }
-    // A standby has no stamps (they are not replicated): there, the
-    // listener's last look at the primary says how long sequencing waits.
-    let read = sqlx::query_as::<_, (i64, i64)>(if state.feed.primary.is_some() {
-        "SELECT -1::int8, pgfeed.head()"
-    } else {
-        "SELECT (extract(epoch FROM pgfeed.unsequenced_age()) * 1000)::int8, pgfeed.head()"
-    })
-    .fetch_one(&state.feed.pool);
-    let (unsequenced_ms, head) = match tokio::time::timeout(Duration::from_secs(2), read).await {
-        Ok(Ok(read)) => read,
+    let on_standby = state.feed.primary.is_some();
+    let read = async {
+        if on_standby {
+            log::standing_on_standby(&state.feed.pool, 0).await
+        } else {
+            log::standing(&state.feed.pool, 0).await
+        }
+    };
+    let standing = match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(Ok(standing)) => standing,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "/readyz: reading the log's standing");
             return Some("the database cannot be read".into());
         }
         Err(_) => return Some("the database does not answer within 2 s".into()),
     };
-    let unsequenced_ms = if unsequenced_ms < 0 {
-        state.metrics.unsequenced_age_ms.get()
+    let waited = if on_standby {
+        // A standby has no stamps (they are not replicated): there, the
+        // listener's last look at the primary says how long sequencing waits.
+        Duration::from_millis(state.metrics.unsequenced_age_ms.get().max(0) as u64)
     } else {
-        state.metrics.unsequenced_age_ms.set(unsequenced_ms);
-        unsequenced_ms
+        state
+            .metrics
+            .unsequenced_age_ms
+            .set(standing.unsequenced.as_millis() as i64);
+        standing.unsequenced
     };
-    let waited = Duration::from_millis(unsequenced_ms.max(0) as u64);
+    let head = standing.head;
     if waited > state.limits.stall_timeout {
         return Some(format!(
             "sequencing stalled: a committed transaction has waited {:.1} s for its seq",
