@@ -162,3 +162,43 @@ async fn heartbeats_carry_the_head_this_instance_delivered() {
     assert_eq!(heartbeat["position"], event["position"]);
     server.stop().await.unwrap();
 }
+
+/// The stall check (/readyz, /metrics, a follower's quiet check) costs the
+/// same however long the log is: each unsequenced stamp's commit is one
+/// index probe, never a hash of every commit row (measured: 6.6 ms a call at
+/// 24 k commit rows before, growing with the log). And no pgfeed read is
+/// JIT-compiled: /metrics spent 200 ms compiling `capture_state()` per scrape.
+#[tokio::test]
+async fn stall_checks_probe_the_log_and_compile_nothing() {
+    let db = TestDb::new().await;
+    // A long log, as the planner sees it: many commits and many stamps.
+    db.exec(
+        "INSERT INTO pgfeed.commits (seq, tx, size) SELECT g, g::text::xid8, 1 FROM generate_series(1, 30000) g;
+         INSERT INTO pgfeed.stamps (tx, stamp) SELECT g::text::xid8, g FROM generate_series(1, 30000) g;
+         ANALYZE pgfeed.commits; ANALYZE pgfeed.stamps",
+    )
+    .await;
+    let body: String =
+        sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE oid = 'pgfeed.unsequenced_age()'::regprocedure")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", body.trim().trim_end_matches(';')))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Hash"), "the stall check hashes the log:\n{plan}");
+    assert!(plan.contains("commits_"), "{plan}");
+
+    let compiled: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+          WHERE p.pronamespace = 'pgfeed'::regnamespace
+            AND p.proname IN ('tick', 'read_log', 'snapshot', 'capture_state', 'unsequenced_age', 'prune', 'leader_pid')
+            AND NOT COALESCE('jit=off' = ANY (p.proconfig), false)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(compiled.is_empty(), "JIT may compile {compiled:?}");
+}

@@ -99,6 +99,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "a unit is attached under the log's own lock",
             sql: include_str!("../../migrations/capture/0014_units_attach_under_the_logs_lock.sql"),
         },
+        Migration {
+            version: 15,
+            description: "pgfeed's reads do not grow with the log, and are never JIT-compiled",
+            sql: include_str!("../../migrations/capture/0015_reads_that_do_not_grow_with_the_log.sql"),
+        },
     ],
 };
 
