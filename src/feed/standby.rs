@@ -61,11 +61,13 @@ pub async fn exact_rows(standby: &PgPool, primary: &PgPool, tables: &[&str]) -> 
 /// One try on the standby: `None` when what no tick has numbered cannot be undone.
 async fn read(standby: &PgPool, tables: &[&str]) -> sqlx::Result<Option<Exact>> {
     let mut tx = standby.begin().await?;
-    // No JIT: the open range below is estimated at a third of the log, and
-    // compiling its plan took longer than running it (migrations/capture/0015).
+    // No JIT and no parallel workers: the open range below is estimated at a
+    // third of the log, and compiling its plan or starting workers took
+    // longer than running it (migrations/capture/0015).
     sqlx::Executor::execute(
         &mut *tx,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+         SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0",
     )
     .await?;
     let (mut exact, labels) = read_in(&mut tx, tables).await?;
