@@ -84,56 +84,45 @@ pub async fn run(setup: &Setup, rate: u32) -> Result<Vec<Figure>> {
     let (leader, on_primary, on_standby) = (mean(&cpu[0]), mean(&cpu[1]), mean(&cpu[2]));
     let per = |phase: f64| (phase - leader) / FOLLOWERS as f64;
     let rounds = |v: &[f64]| v.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ");
+    // A figure named with the rounds it is the mean or difference of.
+    let figure = |name: &str, runs: &[f64], value: f64, target: &'static str| {
+        Figure::alone("follow", format!("{name} ({})", rounds(runs)), value, target)
+    };
     tracing::info!(achieved, "followers: transactions committed over the run");
     Ok(vec![
-        Figure::alone(
-            "follow",
-            format!("primary CPU %, leader only, {rate} tx/s ({})", rounds(&cpu[0])),
+        figure(
+            &format!("primary CPU %, leader only, {rate} tx/s"),
+            &cpu[0],
             leader,
             "report",
         ),
-        Figure::alone(
-            "follow",
-            format!(
-                "primary CPU %/follower, on a standby, all it causes ({})",
-                rounds(&cpu[2])
-            ),
+        figure(
+            "primary CPU %/follower, on a standby, all it causes",
+            &cpu[2],
             per(on_standby),
             "<= 1 % of a core",
         ),
-        Figure::alone(
-            "follow",
-            format!(
-                "primary CPU %/follower, on a standby, own backends ({})",
-                rounds(&own[2])
-            ),
+        figure(
+            "primary CPU %/follower, on a standby, own backends",
+            &own[2],
             mean(&own[2]),
             "<= 1 % of a core",
         ),
-        Figure::alone(
-            "follow",
-            format!(
-                "standby CPU %/follower, on a standby, all it causes ({})",
-                rounds(&on_the_standby[2])
-            ),
+        figure(
+            "standby CPU %/follower, on a standby, all it causes",
+            &on_the_standby[2],
             (mean(&on_the_standby[2]) - mean(&on_the_standby[0])) / FOLLOWERS as f64,
             "report (standbys scale out)",
         ),
-        Figure::alone(
-            "follow",
-            format!(
-                "primary CPU %/follower, on the primary, all it causes ({})",
-                rounds(&cpu[1])
-            ),
+        figure(
+            "primary CPU %/follower, on the primary, all it causes",
+            &cpu[1],
             per(on_primary),
             "reference",
         ),
-        Figure::alone(
-            "follow",
-            format!(
-                "primary CPU %/follower, on the primary, own backends ({})",
-                rounds(&own[1])
-            ),
+        figure(
+            "primary CPU %/follower, on the primary, own backends",
+            &own[1],
             mean(&own[1]),
             "reference",
         ),
