@@ -409,6 +409,51 @@ async fn the_tick_and_a_page_of_the_log_keep_their_plans_across_calls() {
     }
 }
 
+/// A tick reads the log through its index whatever size the planner saw a
+/// unit at: its plan is kept for the session, and a scan of a unit chosen
+/// while the unit was small would be paid by every tick as the unit grows.
+#[tokio::test]
+async fn a_tick_reads_the_log_only_through_its_index() {
+    let db = TestDb::new().await;
+    // A unit of a few hundred rows, one transaction each, as the planner sees it.
+    for i in 0..300 {
+        db.exec(&format!("INSERT INTO studies (study_label) VALUES ('study {i}')"))
+            .await;
+    }
+    db.tick().await;
+    db.exec("ANALYZE pgfeed.events").await;
+    // In progress through one tick, committed before the next: the next finds it
+    // among the transactions the last one saw in progress.
+    let mut open = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO studies (study_label) VALUES ('in progress')")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let before = db.tick().await;
+    open.commit().await.unwrap();
+
+    let mut tick = pgfeed::feed::log::ticked_snapshot(&db.pool).await.unwrap();
+    let read: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM pgfeed.read_log($1, 0, 2000)")
+        .bind(before)
+        .fetch_all(&mut *tick)
+        .await
+        .unwrap();
+    let scanned: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_xact_user_tables
+          WHERE schemaname = 'pgfeed' AND relname ~ '^(events|commits|stamps)' AND seq_scan > 0",
+    )
+    .fetch_all(&mut *tick)
+    .await
+    .unwrap();
+    tick.commit().await.unwrap();
+    assert_eq!(
+        read,
+        [(before + 1,)],
+        "the tick numbers the transaction it saw in progress"
+    );
+    assert!(scanned.is_empty(), "a tick and its read scanned {scanned:?} whole");
+}
+
 #[tokio::test]
 async fn a_tick_announces_its_head_only_while_some_session_follows() {
     let db = TestDb::new().await;

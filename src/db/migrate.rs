@@ -104,6 +104,11 @@ pub static CAPTURE: MigrationSet = MigrationSet {
             description: "pgfeed's reads do not grow with the log, and are never JIT-compiled",
             sql: include_str!("../../migrations/capture/0015_reads_that_do_not_grow_with_the_log.sql"),
         },
+        Migration {
+            version: 16,
+            description: "a tick reads the log only through its indexes",
+            sql: include_str!("../../migrations/capture/0016_ticks_read_by_index.sql"),
+        },
     ],
 };
 
