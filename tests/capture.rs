@@ -409,6 +409,61 @@ async fn the_tick_and_a_page_of_the_log_keep_their_plans_across_calls() {
     }
 }
 
+/// A log written by another cluster (a dump restored into a cluster whose
+/// transaction ids are below the dump's) is adopted once: its ids move above
+/// 2^62, each transaction keeping its own, what it held unsequenced gets seqs,
+/// and the ticks after that sequence new writes as usual.
+#[tokio::test]
+async fn a_foreign_log_is_adopted_once_and_sequencing_goes_on() {
+    let db = TestDb::new().await;
+    let ahead = db
+        .scalar_i64("pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000")
+        .await;
+    // Three transactions of the other cluster: two sequenced there, one not.
+    db.exec(&format!(
+        "SET pgfeed.stamp_queued = 'yes';
+         INSERT INTO pgfeed.events (tx, table_name, prefix, op, new)
+         SELECT ({ahead} + g)::text::xid8, 'studies', 'study', 'INSERT', json_build_object('id', g)
+           FROM generate_series(0, 2) g;
+         INSERT INTO pgfeed.commits (seq, tx, size)
+         SELECT pgfeed.head() + 1 + g, ({ahead} + g)::text::xid8, 1 FROM generate_series(0, 1) g;
+         UPDATE pgfeed.sequencer SET last_seq = last_seq + 2;
+         RESET pgfeed.stamp_queued"
+    ))
+    .await;
+    let head = db.tick().await;
+    let moved: Vec<String> =
+        sqlx::query_scalar("SELECT tx::text FROM pgfeed.events WHERE tx >= '4611686018427387904' ORDER BY tx")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let expected: Vec<String> = (0..3).map(|g| (4611686018427387904 + ahead + g).to_string()).collect();
+    assert_eq!(
+        moved, expected,
+        "each foreign transaction moves once, keeping its own id"
+    );
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "(SELECT seq FROM pgfeed.commits WHERE tx = '{}')",
+            expected[2]
+        ))
+        .await,
+        head,
+        "what the other cluster left unsequenced gets the next seq"
+    );
+
+    db.exec("INSERT INTO studies (study_label) VALUES ('after the adoption')")
+        .await;
+    assert_eq!(db.tick().await, head + 1);
+    assert_eq!(db.tick().await, head + 1);
+    let still: Vec<String> =
+        sqlx::query_scalar("SELECT tx::text FROM pgfeed.events WHERE tx >= '4611686018427387904' ORDER BY tx")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(still, expected, "an adopted log stays where it was moved");
+}
+
 /// A tick reads the log through its index whatever size the planner saw a
 /// unit at: its plan is kept for the session, and a scan of a unit chosen
 /// while the unit was small would be paid by every tick as the unit grows.

@@ -2,6 +2,18 @@
 -- it runs (issue 28). A tick is on the path of every delivery: what it costs,
 -- each event waits for.
 --
+-- And it adopts a log written by another cluster once (capture/0007), as it
+-- was meant to. Since the log rotates (capture/0012), moving a foreign row's
+-- id above 2^62 moves it into another unit, which inserts it there: each
+-- moved row queued a stamp for the tick's own transaction, and with two rows
+-- or more the tick's commit failed on the stamps' key, on every tick, so a
+-- restored log stopped the feed for good. And the ids it had moved were
+-- foreign again to the next tick (at or above every snapshot's xmax), so a
+-- log adopted with one row was moved on every tick, its ids climbing until
+-- they all met at the top of the xid8 range as one transaction. The check
+-- and the move now leave the adopted range alone, and the move queues no
+-- stamp (tests/capture.rs, a_foreign_log_is_adopted_once_and_sequencing_goes_on).
+--
 -- 1. Its plan is generic and kept for the session (capture/0005) until
 --    something invalidates it (an ANALYZE, a new unit). Planned while a unit
 --    was small, the look for the transactions the previous tick saw in
@@ -39,19 +51,24 @@ BEGIN
         RAISE EXCEPTION 'pgfeed.tick() needs a REPEATABLE READ transaction that first locks pgfeed.sequencer';
     END IF;
     SELECT * INTO previous FROM pgfeed.sequencer;
-    -- A visible row of a transaction this cluster has not begun yet, or a
-    -- previous tick ahead of this cluster: the log was written elsewhere. (By
-    -- index, in the units that can hold such a row: the others are pruned
-    -- before the executor sets up their scans.)
+    -- A visible row of a transaction this cluster has not begun yet (below
+    -- the ids an adopted log was moved to), or a previous tick ahead of this
+    -- cluster: the log was written elsewhere. (By index, in the units that can
+    -- hold such a row: the others are pruned before the executor sets up
+    -- their scans.)
     foreign_log := pg_snapshot_xmax(previous.seen) > pg_snapshot_xmax(now_seen)
-        OR EXISTS (SELECT FROM pgfeed.events e WHERE e.tx >= pg_snapshot_xmax(now_seen));
+        OR EXISTS (SELECT FROM pgfeed.events e
+                    WHERE e.tx >= pg_snapshot_xmax(now_seen) AND e.tx < '4611686018427387904');
     IF foreign_log THEN
+        -- Moved into the adopted unit, a row is inserted there: not a write
+        -- of this transaction's own, it queues no stamp.
+        PERFORM set_config('pgfeed.stamp_queued', 'yes', true);
         UPDATE pgfeed.events SET tx = (tx::text::numeric + 4611686018427387904)::text::xid8
-         WHERE tx >= pg_snapshot_xmax(now_seen);
+         WHERE tx >= pg_snapshot_xmax(now_seen) AND tx < '4611686018427387904';
         UPDATE pgfeed.commits SET tx = (tx::text::numeric + 4611686018427387904)::text::xid8
-         WHERE tx >= pg_snapshot_xmax(now_seen);
+         WHERE tx >= pg_snapshot_xmax(now_seen) AND tx < '4611686018427387904';
         UPDATE pgfeed.stamps SET tx = (tx::text::numeric + 4611686018427387904)::text::xid8
-         WHERE tx >= pg_snapshot_xmax(now_seen);
+         WHERE tx >= pg_snapshot_xmax(now_seen) AND tx < '4611686018427387904';
         RAISE WARNING 'pgfeed: the log was written by another cluster (a restore?); its transactions are kept apart and sequencing goes on';
     END IF;
     -- Visible now and not to the previous tick: begun after it (from its

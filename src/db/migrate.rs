@@ -106,7 +106,7 @@ pub static CAPTURE: MigrationSet = MigrationSet {
         },
         Migration {
             version: 16,
-            description: "a tick reads the log only through its indexes, and sets up only the scans it runs",
+            description: "a tick reads the log only through its indexes, sets up only the scans it runs, and adopts a foreign log once",
             sql: include_str!("../../migrations/capture/0016_ticks_read_by_index.sql"),
         },
     ],
