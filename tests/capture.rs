@@ -432,14 +432,10 @@ async fn a_foreign_log_is_adopted_once_and_sequencing_goes_on() {
     ))
     .await;
     let head = db.tick().await;
-    let moved: Vec<String> =
-        sqlx::query_scalar("SELECT tx::text FROM pgfeed.events WHERE tx >= '4611686018427387904' ORDER BY tx")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let expected: Vec<String> = (0..3).map(|g| (4611686018427387904 + ahead + g).to_string()).collect();
+    let expected: Vec<String> = (0..3).map(|g| (ADOPTED + ahead + g).to_string()).collect();
     assert_eq!(
-        moved, expected,
+        adopted_ids(&db).await,
+        expected,
         "each foreign transaction moves once, keeping its own id"
     );
     assert_eq!(
@@ -456,12 +452,23 @@ async fn a_foreign_log_is_adopted_once_and_sequencing_goes_on() {
         .await;
     assert_eq!(db.tick().await, head + 1);
     assert_eq!(db.tick().await, head + 1);
-    let still: Vec<String> =
-        sqlx::query_scalar("SELECT tx::text FROM pgfeed.events WHERE tx >= '4611686018427387904' ORDER BY tx")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(still, expected, "an adopted log stays where it was moved");
+    assert_eq!(
+        adopted_ids(&db).await,
+        expected,
+        "an adopted log stays where it was moved"
+    );
+}
+
+/// Where an adopted log's transaction ids go: 2^62 above where they were.
+const ADOPTED: i64 = 1 << 62;
+
+/// The transaction ids of the log rows in the adopted range, in order.
+async fn adopted_ids(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar("SELECT tx::text FROM pgfeed.events WHERE tx >= $1::text::xid8 ORDER BY tx")
+        .bind(ADOPTED.to_string())
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
 }
 
 /// A tick reads the log through its index whatever size the planner saw a
