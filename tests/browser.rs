@@ -507,3 +507,89 @@ async fn a_react_component_with_use_live_table_shows_sql_writes() {
     page.close().await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// The browser's own `EventSource` on `/events` over a slow link that is cut
+/// three times mid-stream under a steady writer: it reconnects by itself with
+/// `Last-Event-ID`, and the page receives every seq once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let link = common::SlowLink::start(server.addr.port(), Duration::from_millis(150)).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("event-source").await;
+    page.goto(&format!("http://127.0.0.1:{}/readyz", link.port))
+        .await
+        .unwrap();
+    page.execute(
+        "window.__sse = []; window.__opened = 0;
+         const source = new EventSource('/events?tables=studies');
+         source.addEventListener('connected', () => { window.__opened += 1; });
+         source.addEventListener('study_created', e => window.__sse.push(JSON.parse(e.data)));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let opened = async |at_least: i64| {
+        for _ in 0..300 {
+            let n = page.execute("return window.__opened;", vec![]).await.unwrap();
+            if n.as_i64().unwrap_or(0) >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the EventSource did not open {at_least} times");
+    };
+    opened(1).await;
+    let start = db.scalar_i64("SELECT pgfeed.head()").await;
+
+    // A writer at about 50 transactions a second.
+    let writer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            for i in 0..150 {
+                sqlx::query("INSERT INTO studies (study_label) VALUES ($1)")
+                    .bind(format!("steady-{i}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        link.reset_existing();
+    }
+    writer.await.unwrap();
+    opened(2).await;
+    db.exec("INSERT INTO studies (study_label) VALUES ('marker-sse')").await;
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        let received = page
+            .execute(
+                "return window.__sse.map(e => [e.seq, e.tx_index, e.data.study_label]);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let received = received.as_array().unwrap().clone();
+        if received.iter().any(|e| e[2] == "marker-sse") {
+            events = received
+                .iter()
+                .map(|e| json!({"seq": e[0], "tx_index": e[1], "table": "studies", "op": "INSERT"}))
+                .filter(|e| e["seq"].as_i64() > Some(start))
+                .collect();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::assert_matches_log(&db, &events, start).await;
+    assert_eq!(
+        events.len(),
+        151,
+        "every event of 150 transactions and the marker, once"
+    );
+    page.close().await.unwrap();
+    server.stop().await.unwrap();
+}

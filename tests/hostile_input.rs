@@ -85,6 +85,7 @@ fn event(table: &str, new: Option<Value>, old: Option<Value>) -> pgfeed::feed::e
         closes_tx: true,
         frame: "{}".into(),
         envelope_frame: Default::default(),
+        sse_frame: Default::default(),
         position: "1.00000001".into(),
         schema: None,
     }

@@ -85,6 +85,13 @@ impl EventSource {
         }
     }
 
+    /// Whether the server ends the stream (the last, empty chunk) within `wait`.
+    async fn ends_within(&mut self, wait: Duration) -> bool {
+        let mut size = String::new();
+        let read = tokio::time::timeout(wait, self.reader.read_line(&mut size)).await;
+        matches!(read, Ok(Ok(_))) && size.trim() == "0"
+    }
+
     async fn next(&mut self) -> SseEvent {
         self.next_within(Duration::from_secs(15))
             .await
@@ -121,31 +128,32 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
     db.exec("INSERT INTO studies (study_label) VALUES ('S1')").await;
     db.exec("BEGIN; INSERT INTO studies (study_label) VALUES ('S2'); INSERT INTO text_elements (type, label) VALUES ('title', 'T'); COMMIT;")
         .await;
-    let first = source.events(3).await;
-    assert_eq!(first[0]["type"], "study_created");
-    assert_eq!(first[1]["seq"], first[2]["seq"], "one transaction");
-    // The id moves only when a transaction is whole: after the 3rd event, it is its seq.
-    let (_, marker) = {
-        db.exec("INSERT INTO studies (study_label) VALUES ('S3')").await;
-        source.next().await
-    };
-    let s3: Value = serde_json::from_str(&marker).unwrap();
-    assert_eq!(
+    // The id moves with the last event of each transaction, in the same
+    // block: the client holds an event and the id after it, or neither.
+    let checked_seq = |source: &EventSource| {
         source
             .last_event_id
             .as_deref()
             .and_then(pgfeed::protocol::Position::parse)
             .filter(|position| position.check.is_some())
-            .map(|position| position.seq),
-        Some(first[2]["seq"].as_i64().unwrap()),
+            .map(|position| position.seq)
+    };
+    let s1 = source.events(1).await.remove(0);
+    assert_eq!(s1["type"], "study_created");
+    assert_eq!(checked_seq(&source), s1["seq"].as_i64());
+    let s2 = source.events(1).await.remove(0);
+    assert_eq!(
+        checked_seq(&source),
+        s1["seq"].as_i64(),
         "the id names the last transaction that is whole, not the one being read"
     );
+    let t = source.events(1).await.remove(0);
+    assert_eq!(s2["seq"], t["seq"], "one transaction");
+    assert_eq!(checked_seq(&source), t["seq"].as_i64());
+    db.exec("INSERT INTO studies (study_label) VALUES ('S3')").await;
+    let s3 = source.events(1).await.remove(0);
     let seen_through = s3["seq"].as_i64().unwrap();
-    // What a browser sends back: the checked position of S3's transaction (its id line follows the event).
-    let (_, _) = {
-        db.exec("INSERT INTO studies (study_label) VALUES ('S4')").await;
-        source.next().await
-    };
+    // What a browser sends back: the checked position of S3's transaction.
     let last_event_id = source.last_event_id.clone().unwrap();
     assert_eq!(
         pgfeed::protocol::Position::parse(&last_event_id).unwrap().seq,
@@ -275,4 +283,77 @@ async fn a_number_and_its_text_match_alike_on_the_websocket_and_sse() {
         .collect();
     assert_eq!(over_sse, [serde_json::json!(2), serde_json::json!(3)]);
     assert_eq!(over_ws, over_sse);
+}
+
+/// A stream opened with a token ends at the token's `exp` with a
+/// `token_expired` error, after every event written before it; SSE has no
+/// `auth` message to renew it, so the client reconnects with a fresh token.
+#[tokio::test]
+async fn a_token_ends_the_stream_at_exp_after_everything_before_it() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "a-test-secret-of-32-bytes-length";
+    let db = TestDb::new().await;
+    let verifier = pgfeed::auth::Verifier::from_config(Some(SECRET), None, None, None)
+        .unwrap()
+        .unwrap();
+    let server = db
+        .server_with(pgfeed::server::Settings {
+            auth: Some(std::sync::Arc::new(verifier)),
+            ..pgfeed::server::Settings::default()
+        })
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |exp: u64| {
+        encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "u1", "exp": exp}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut expiring = EventSource::open(
+        &server,
+        &format!("/events?tables=studies&token={}", token(now + 2)),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut lasting = EventSource::open(
+        &server,
+        &format!("/events?tables=studies&token={}", token(now + 60)),
+        None,
+    )
+    .await
+    .unwrap();
+    for s in [&mut expiring, &mut lasting] {
+        assert_eq!(s.next().await.0, "connected");
+    }
+    let started = tokio::time::Instant::now();
+    db.exec("INSERT INTO studies (study_label) SELECT 'S' || g FROM generate_series(1, 20) g")
+        .await;
+    assert_eq!(expiring.events(20).await.len(), 20);
+    let (kind, data) = expiring.next().await;
+    let error: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (kind.as_str(), error["code"].as_str()),
+        ("error", Some("token_expired")),
+        "{data}"
+    );
+    assert!(
+        expiring.ends_within(Duration::from_secs(5)).await,
+        "the stream ends after token_expired"
+    );
+    let lived = started.elapsed();
+    assert!(
+        lived > Duration::from_millis(500) && lived < Duration::from_secs(5),
+        "{lived:?}"
+    );
+    // The other stream goes on past the first token's exp.
+    db.exec("INSERT INTO studies (study_label) VALUES ('after')").await;
+    let events = lasting.events(21).await;
+    assert_eq!(events[20]["data"]["study_label"], "after");
+    server.stop().await.unwrap();
 }

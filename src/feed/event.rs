@@ -35,6 +35,8 @@ pub struct Event {
     pub frame: Utf8Bytes,
     /// The same in the `{"event": …}` envelope, made by the first client that wants it.
     pub envelope_frame: std::sync::OnceLock<Utf8Bytes>,
+    /// The same as a Server-Sent Event, made by the first SSE stream that sends it.
+    pub sse_frame: std::sync::OnceLock<bytes::Bytes>,
     /// The checked position of its transaction, shared by its events.
     pub position: Arc<str>,
     /// Set on a schema change's events (`<prefix>_schema_changed`, PEARL's `refresh_needed`).
@@ -225,6 +227,7 @@ impl Encoder<'_> {
                 closes_tx: n + 1 == count && change.is_last_of_tx(),
                 frame: frame.into(),
                 envelope_frame: std::sync::OnceLock::new(),
+                sse_frame: std::sync::OnceLock::new(),
                 position: position.clone(),
                 schema: schema.clone(),
             });

@@ -296,6 +296,7 @@ mod tests {
             closes_tx: true,
             frame: seq.to_string().into(),
             envelope_frame: Default::default(),
+            sse_frame: Default::default(),
             position: format!("{seq}.0000000a").into(),
             schema: None,
         })

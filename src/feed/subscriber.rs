@@ -549,6 +549,7 @@ mod tests {
             closes_tx: index + 1 == size,
             frame: format!("{seq}.{index}").into(),
             envelope_frame: Default::default(),
+            sse_frame: Default::default(),
             position: format!("{seq}.0000000a").into(),
             schema: None,
         }]

@@ -129,11 +129,3 @@ pub async fn check_origin(State(state): State<AppState>, request: Request, next:
     }
     next.run(request).await
 }
-
-/// Resolves at `at`, or never (a token's expiry, for sockets and SSE streams).
-pub(crate) async fn until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}

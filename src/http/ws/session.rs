@@ -15,7 +15,7 @@ use crate::feed::event::Event;
 use crate::feed::pearl::{self, Audience};
 use crate::feed::subscriber::{Next, Subscriber};
 use crate::filter::Filter;
-use crate::http::access::{until, Access};
+use crate::http::access::Access;
 use crate::http::AppState;
 use crate::protocol::{close, Envelope, Position, ServerMessage};
 
@@ -202,15 +202,27 @@ impl Session {
         // list, shared by every connection, and gave it back, twice a wake-up.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // The token's deadline, one timer for the connection, moved when a
+        // fresh token moves it: a timer made per pass was set in the runtime's
+        // timer wheel and taken out again on every wake-up of every
+        // connection whose token expires.
+        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(Instant::now));
+        tokio::pin!(expiry);
+        let mut expiry_at = self.expires;
         loop {
-            let expires = self.expires;
+            if self.expires != expiry_at {
+                expiry_at = self.expires;
+                if let Some(at) = expiry_at {
+                    expiry.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     let _ = self.send(socket, close_frame(close::SHUTDOWN, "server shutdown")).await;
                     return Ok(());
                 }
-                _ = until(expires) => {
+                _ = &mut expiry, if expiry_at.is_some() => {
                     self.state.metrics.auth_refusals.inc();
                     self.error(socket, "token_expired", "the token has expired; send a fresh one with auth before exp").await?;
                     return Err(End::Closed(close::UNAUTHORIZED, "token expired"));
