@@ -141,11 +141,12 @@ async fn ids_are_seqs_of_whole_transactions_and_last_event_id_resumes_exactly() 
     let s1 = source.events(1).await.remove(0);
     assert_eq!(s1["type"], "study_created");
     assert_eq!(checked_seq(&source), s1["seq"].as_i64());
+    let s1_id = source.last_event_id.clone().unwrap();
     let s2 = source.events(1).await.remove(0);
     assert_eq!(
-        checked_seq(&source),
-        s1["seq"].as_i64(),
-        "the id names the last transaction that is whole, not the one being read"
+        source.last_event_id.as_deref(),
+        Some(format!("{s1_id}:1").as_str()),
+        "inside a transaction, the id is the last whole one's and how far into the next"
     );
     let t = source.events(1).await.remove(0);
     assert_eq!(s2["seq"], t["seq"], "one transaction");
@@ -355,5 +356,43 @@ async fn a_token_ends_the_stream_at_exp_after_everything_before_it() {
     db.exec("INSERT INTO studies (study_label) VALUES ('after')").await;
     let events = lasting.events(21).await;
     assert_eq!(events[20]["data"]["study_label"], "after");
+    server.stop().await.unwrap();
+}
+
+/// A browser cut off inside a transaction holds some of its events and, in
+/// the last one's block, an id that says how far into it: it resumes with the
+/// rest of that transaction, nothing twice.
+#[tokio::test]
+async fn an_id_inside_a_transaction_resumes_with_the_rest_of_it() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let path = "/events?tables=text_elements";
+    let mut source = EventSource::open(&server, path, None).await.unwrap();
+    assert_eq!(source.next().await.0, "connected");
+    db.exec("INSERT INTO text_elements (type, label) SELECT 'title', 'T' || g FROM generate_series(1, 5) g")
+        .await;
+    db.exec("INSERT INTO text_elements (type, label) VALUES ('title', 'after')")
+        .await;
+    let held = source.events(2).await;
+    let id = source.last_event_id.clone().unwrap();
+    assert!(id.ends_with(":2"), "two events into the transaction: {id}");
+    drop(source);
+
+    let mut resumed = EventSource::open(&server, path, Some(&id)).await.unwrap();
+    assert_eq!(resumed.next().await.0, "connected");
+    let rest = resumed.events(4).await;
+    let labels: Vec<&str> = held
+        .iter()
+        .chain(&rest)
+        .map(|e| e["data"]["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["T1", "T2", "T3", "T4", "T5", "after"]);
+    assert_eq!(rest[0]["seq"], held[0]["seq"]);
+    assert_eq!(rest[0]["tx_index"], 2);
+    // The rest of the transaction ends with its position: a later cut resumes after it.
+    let whole = pgfeed::protocol::Position::parse(resumed.last_event_id.as_deref().unwrap()).unwrap();
+    assert_eq!(Some(whole.seq), rest[3]["seq"].as_i64());
+    let bad = EventSource::open(&server, path, Some(&format!("{}:x", id.split(':').next().unwrap()))).await;
+    assert_eq!(bad.err(), Some(400));
     server.stop().await.unwrap();
 }

@@ -96,7 +96,7 @@ pub struct Subscriber {
     last_position: Arc<str>,
     /// The history changed after this seq; to be said next.
     history_changed: Option<i64>,
-    /// The transaction being delivered from the hub, and how many of its events
+    /// The transaction being delivered (from the hub or the log), and how many of its events
     /// were handled (sent or filtered out).
     open: Option<(i64, usize)>,
     /// Whether any event of the open transaction was sent.
@@ -199,6 +199,24 @@ impl Subscriber {
     /// caller has checked `after` is within the log). Subscribes to
     /// everything if nothing was asked yet.
     pub fn resume_after(&mut self, after: i64, position: &str) {
+        self.resume(after, position, None);
+    }
+
+    /// As [`Subscriber::resume_after`], for a client that also holds the
+    /// first `handled` events (sent or filtered out) of the transaction after
+    /// `after`, as [`Subscriber::within`] counted them: the rest of that
+    /// transaction comes first.
+    pub fn resume_within(&mut self, after: i64, position: &str, handled: usize) {
+        self.resume(after, position, Some((after + 1, handled)));
+    }
+
+    /// Where inside a transaction the stream is while one is open: its seq and
+    /// how many of its events were handled (sent or filtered out) so far.
+    pub fn within(&self) -> Option<(i64, usize)> {
+        self.open
+    }
+
+    fn resume(&mut self, after: i64, position: &str, skip: Option<(i64, usize)>) {
         if self.filter.is_none() {
             self.filter = Some(Filter::default());
         }
@@ -209,7 +227,7 @@ impl Subscriber {
         self.open = None;
         self.sent_in_open = false;
         self.follow_renames();
-        self.start_replay(None);
+        self.start_replay(skip);
     }
 
     /// The next thing to hand the transport. Cancel-safe.
@@ -418,6 +436,13 @@ impl Subscriber {
             let event = self.event_at(at);
             (event.seq, event.opens_tx)
         };
+        // Counted as on the live path, skipped events too: a transport names
+        // a place inside a transaction (`within`) by this count.
+        let handled = match self.open {
+            Some((open, handled)) if open == seq => handled,
+            _ => 0,
+        };
+        self.open = Some((seq, handled + 1));
         let replay = self.replay.as_mut().expect("a replay is in progress");
         if let Some((skipped, n)) = replay.skip.as_mut() {
             if seq == *skipped && *n > 0 {

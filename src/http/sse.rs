@@ -6,8 +6,12 @@
 //! event id to it, in the block of the transaction's last event when that is
 //! the block before (else in a block of its own, with no data), so a browser
 //! that reconnects sends `Last-Event-ID` and resumes exactly after the last
-//! whole transaction it holds. The stream is the same `feed::subscriber` the
-//! WebSocket carries: same filters, scopes, order and exactly-once delivery.
+//! whole transaction it holds. An event that does not end its transaction
+//! carries an id too, the last whole position and how far into the next
+//! transaction (`1234.9f86d081:2`): a browser cut off inside a transaction
+//! resumes with the rest of it, not all of it again. The stream is the same
+//! `feed::subscriber` the WebSocket carries: same filters, scopes, order and
+//! exactly-once delivery.
 //!
 //! The stream is written as the WebSocket's is: an event's SSE text is made
 //! once and shared by every stream (`Event::sse_frame`), and what is waiting
@@ -97,15 +101,21 @@ pub async fn events(
         .or(query.after.as_deref())
     {
         None => None,
-        Some(text) => Some(Position::parse(text).ok_or_else(|| {
-            ApiError::BadRequest("after (or Last-Event-ID) must be a seq (1234) or a position (1234.9f86d081)".into())
+        Some(text) => Some(parse_id(text).ok_or_else(|| {
+            ApiError::BadRequest(
+                "after (or Last-Event-ID) must be a seq (1234), a position (1234.9f86d081) or an id this stream sent"
+                    .into(),
+            )
         })?),
     };
     let mut refresh = None;
     match &after {
         None => sub.follow_renames(),
-        Some(after) => match verbs::resume_from(&state, after).await? {
-            ResumeFrom::Replay { after, position, .. } => sub.resume_after(after, &position),
+        Some((after, within)) => match verbs::resume_from(&state, after).await? {
+            ResumeFrom::Replay { after, position, .. } => match within {
+                Some(handled) => sub.resume_within(after, &position, *handled),
+                None => sub.resume_after(after, &position),
+            },
             ResumeFrom::Refresh { reason, oldest } => {
                 sub.follow_renames();
                 let live = Position::parse(sub.last_position());
@@ -181,12 +191,20 @@ pub async fn events(
                         match item {
                             Next::Event(event) => {
                                 waits.uncounted += 1;
+                                let closes = event.closes_tx;
                                 chunk.extend_from_slice(
                                     event
                                         .sse_frame
                                         .get_or_init(|| sse_text(&event.kind, &event.frame, None)),
                                 );
                                 event_ends = chunk.len();
+                                // Inside a transaction, the id says how far into it:
+                                // a browser cut off there resumes with the rest of it.
+                                if let (false, Some((_, handled))) = (closes, sub.within()) {
+                                    let id = format!("{}{WITHIN}{handled}", sub.last_position());
+                                    put_id(&mut chunk, event_ends, &id);
+                                    event_ends = chunk.len();
+                                }
                             }
                             // The checked position of the transaction now whole: `Last-Event-ID` resumes after it.
                             Next::Whole(_) => put_id(&mut chunk, event_ends, sub.last_position()),
@@ -240,6 +258,20 @@ pub async fn events(
     ];
     Ok((headers, body).into_response())
 }
+
+/// A position, and the count of events into the next transaction when the
+/// id was sent inside one (`WITHIN`).
+fn parse_id(text: &str) -> Option<(Position, Option<usize>)> {
+    match text.split_once(WITHIN) {
+        None => Some((Position::parse(text)?, None)),
+        Some((position, handled)) => Some((Position::parse(position)?, Some(handled.parse().ok()?))),
+    }
+}
+
+/// Between a transaction's position and a count of events into the next
+/// one, in the ids of events that do not end their transaction
+/// (`1234.9f86d081:2`: after 1234, and 2 events of 1235).
+const WITHIN: char = ':';
 
 /// Bytes of events a chunk of the stream holds before it is handed over.
 const CHUNK: usize = 64 * 1024;
