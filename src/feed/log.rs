@@ -65,6 +65,14 @@ macro_rules! read_sql {
 /// Reads up to `limit` changes after `cursor`, in (seq, statement) order, and the
 /// cursor after them. An empty result means the log holds nothing after `cursor`.
 pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sqlx::Result<(Vec<Change>, Cursor)> {
+    let (rows, _) = read_rows(db, cursor, limit).await?;
+    changes(rows, cursor)
+}
+
+/// Log rows, as [`read`] reads them, not yet turned into changes
+/// ([`changes`]), and the cursor after them: the next page can be asked for
+/// while this one is decoded.
+pub async fn read_rows<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sqlx::Result<(Rows, Cursor)> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| read_sql!("$1", "$2", "$3"));
     let rows = sqlx::query(sql)
@@ -73,7 +81,37 @@ pub async fn read<'e>(db: impl PgExecutor<'e>, cursor: Cursor, limit: i64) -> sq
         .bind(limit)
         .fetch_all(db)
         .await?;
-    changes(rows, cursor)
+    let mut at = cursor;
+    for row in &rows {
+        at = at.past(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?).1;
+    }
+    Ok((rows, at))
+}
+
+/// Log rows as `read_sql!` selects them.
+pub type Rows = Vec<sqlx::postgres::PgRow>;
+
+impl Cursor {
+    /// Past the log row of transaction `seq` (of `size` rows) with id `id`,
+    /// read right after this cursor: the row's index in its transaction, and
+    /// the cursor after it.
+    fn past(self, seq: i64, size: i32, id: i64) -> (i32, Cursor) {
+        let tx_index = if seq == self.seq && self.id > 0 {
+            self.next_index
+        } else {
+            0
+        };
+        let next = if tx_index + 1 >= size {
+            Cursor::after(seq)
+        } else {
+            Cursor {
+                seq,
+                id,
+                next_index: tx_index + 1,
+            }
+        };
+        (tx_index, next)
+    }
 }
 
 /// A SELECT of one row that runs in a tick's round trip, in its transaction
@@ -120,18 +158,19 @@ async fn ticked(
     Ok((rows[at].try_get(0)?, rest))
 }
 
-/// Log rows (as `read_sql!` selects them) as changes, and the cursor after them.
-fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Vec<Change>, Cursor)> {
+/// Log rows (as `read_sql!` selects them, after `cursor`) as changes, and the cursor after them.
+pub fn changes(rows: Rows, cursor: Cursor) -> sqlx::Result<(Vec<Change>, Cursor)> {
     let mut changes = Vec::with_capacity(rows.len());
     let mut at = cursor;
     for row in rows {
         // Columns by position, in `read_sql!`'s order: by name is a hash lookup each.
         let seq: i64 = row.try_get(0)?;
+        let id: i64 = row.try_get(2)?;
         let written_us: i64 = row.try_get(9)?;
-        let tx_index = if seq == at.seq && at.id > 0 { at.next_index } else { 0 };
+        let (tx_index, next) = at.past(seq, row.try_get(1)?, id);
         let change = Change {
             seq,
-            id: row.try_get(2)?,
+            id,
             table: row.try_get(3)?,
             prefix: row.try_get(4)?,
             op: Op::parse(row.try_get(5)?)
@@ -145,15 +184,7 @@ fn changes(rows: Vec<sqlx::postgres::PgRow>, cursor: Cursor) -> sqlx::Result<(Ve
             tx_size: row.try_get(1)?,
             position: row.try_get(10)?,
         };
-        at = if change.is_last_of_tx() {
-            Cursor::after(seq)
-        } else {
-            Cursor {
-                seq,
-                id: change.id,
-                next_index: tx_index + 1,
-            }
-        };
+        at = next;
         changes.push(change);
     }
     Ok((changes, at))

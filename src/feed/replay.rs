@@ -84,20 +84,36 @@ pub(super) async fn read_ahead(
 }
 
 /// The log after `from`, a page at a time, until an empty page (the end) or an error.
+///
+/// Postgres reads the next page while this one's rows are decoded (their
+/// JSON parsed), on another of the pool's connections: decoding waited for
+/// the query and the query for decoding.
 async fn read_pages(pool: PgPool, from: i64, pages: tokio::sync::mpsc::Sender<sqlx::Result<Vec<Change>>>) {
-    let mut cursor = LogCursor::after(from);
+    let mut at = LogCursor::after(from);
+    let mut page = log::read_rows(&pool, at, LOG_PAGE).await;
     loop {
-        let (changes, next) = match log::read(&pool, cursor, LOG_PAGE).await {
+        let (rows, next) = match page {
             Ok(page) => page,
             Err(err) => {
                 let _ = pages.send(Err(err)).await;
                 return;
             }
         };
-        let end = changes.is_empty();
-        if pages.send(Ok(changes)).await.is_err() || end {
+        if rows.is_empty() {
+            let _ = pages.send(Ok(Vec::new())).await;
             return;
         }
-        cursor = next;
+        let (read, decoded) = tokio::join!(log::read_rows(&pool, next, LOG_PAGE), async { log::changes(rows, at) });
+        let changes = match decoded {
+            Ok((changes, _)) => changes,
+            Err(err) => {
+                let _ = pages.send(Err(err)).await;
+                return;
+            }
+        };
+        if pages.send(Ok(changes)).await.is_err() {
+            return;
+        }
+        (page, at) = (read, next);
     }
 }

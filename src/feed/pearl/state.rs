@@ -396,20 +396,22 @@ impl State {
         } else {
             (self.position, target, 1)
         };
+        // The comments' rows are picked by table first, behind a fence
+        // (`OFFSET 0`), then their JSON read: with the JSON tests beside the
+        // table's, Postgres parsed every row of the range (in parallel
+        // workers), 60 ms of wall time and three processes for a replay of
+        // 100k events where this takes 11 ms in one.
         let deltas: Vec<(i64, i64)> = sqlx::query_as(
-            r#"SELECT tracker, sum(d)::bigint FROM (
-                   SELECT (e.new->>'tracker_id')::bigint AS tracker, 1 AS d, c.seq, e.id
-                     FROM pgfeed.commits c JOIN pgfeed.events e ON e.tx = c.tx
-                    WHERE c.seq BETWEEN $1 AND $3 AND e.table_name = 'tracker_comments' AND e.new IS NOT NULL
-                      AND e.new->>'parent_comment_id' IS NULL AND NOT (e.new->>'is_resolved')::boolean
-                   UNION ALL
-                   SELECT (e.old->>'tracker_id')::bigint, -1, c.seq, e.id
-                     FROM pgfeed.commits c JOIN pgfeed.events e ON e.tx = c.tx
-                    WHERE c.seq BETWEEN $1 AND $3 AND e.table_name = 'tracker_comments' AND e.old IS NOT NULL
-                      AND e.old->>'parent_comment_id' IS NULL AND NOT (e.old->>'is_resolved')::boolean
-               ) changes
-               WHERE (seq, id) > ($1, $2) AND (seq, id) <= ($3, $4) AND tracker IS NOT NULL
-               GROUP BY tracker"#,
+            r#"SELECT x.tracker, sum(x.d)::bigint
+                 FROM (SELECT c.seq, e.id, e.new, e.old
+                         FROM pgfeed.commits c JOIN pgfeed.events e ON e.tx = c.tx
+                        WHERE c.seq BETWEEN $1 AND $3 AND e.table_name = 'tracker_comments' OFFSET 0) e
+                CROSS JOIN LATERAL (VALUES (e.new, 1), (e.old, -1)) AS r(row, d)
+                CROSS JOIN LATERAL (SELECT (r.row->>'tracker_id')::bigint AS tracker, r.d AS d) x
+                WHERE r.row IS NOT NULL AND r.row->>'parent_comment_id' IS NULL
+                  AND NOT (r.row->>'is_resolved')::boolean
+                  AND (e.seq, e.id) > ($1, $2) AND (e.seq, e.id) <= ($3, $4) AND x.tracker IS NOT NULL
+                GROUP BY x.tracker"#,
         )
         .bind(low.0)
         .bind(low.1)
