@@ -183,6 +183,7 @@ async fn trim(log: &Log, rows: i64) -> Result<Trim> {
     if log.rotates {
         // Past the newest unit, so that every unit holding rows is finished.
         spend_ids(pool).await?;
+        settle(pool).await?;
     }
     pgfeed::feed::log::ticked_snapshot(pool).await?.commit().await?;
     sqlx::query("UPDATE pgfeed.commits SET committed_at = committed_at - interval '2 days'")
@@ -201,6 +202,29 @@ async fn trim(log: &Log, rows: i64) -> Result<Trim> {
         vacuum_seconds,
         vacuum_wal_bytes,
     })
+}
+
+/// Waits until every transaction of the cluster that began before now has
+/// ended. `prune` drops only units below the oldest running transaction (the
+/// commit times here are moved back two days, so every row counts as old);
+/// one open anywhere in the cluster (another scenario's, a DBA's) left the
+/// newest unit to step 2, row by row: 1.8 s and 226 MB of WAL in one full
+/// run, against 0.2 s and 0.5 MB.
+async fn settle(pool: &PgPool) -> Result<()> {
+    let now: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(pool)
+        .await?;
+    for _ in 0..600 {
+        let oldest: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await?;
+        if oldest > now {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("retention: a transaction open elsewhere in the cluster for 60 s; the trim is timed with it");
+    Ok(())
 }
 
 /// Spends the transaction ids left in the newest unit, then makes the next.
