@@ -11,7 +11,9 @@
 //!   many clients, beside a client LISTENing on Postgres directly and beside a
 //!   bare tokio relay of LISTEN to as many clients.
 //! - `fanout` ([`fanout`]): deliveries per second to 1k and 10k clients,
-//!   beside a bare tokio server writing pre-encoded frames to as many sockets.
+//!   beside a bare tokio server writing pre-encoded frames to as many sockets;
+//!   and ([`sse`]) to 1k Server-Sent Events streams, with the server's CPU per
+//!   delivery.
 //! - `memory` ([`memory`]): the server's resident memory per idle WebSocket,
 //!   beside a bare server holding as many plain TCP connections.
 //! - `retention` ([`retention`]): trimming the log by dropping whole units
@@ -34,6 +36,7 @@ mod latency;
 mod memory;
 pub mod peer;
 mod retention;
+mod sse;
 pub mod swarm;
 mod write;
 
@@ -240,9 +243,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             None if args.quick => vec![1000],
             None => vec![1000, 10_000],
         };
+        let streams = counts[0];
         for clients in counts {
             figures.extend(fanout::run(&setup, clients).await?);
         }
+        figures.extend(sse::run(&setup, streams).await?);
     }
     if wants(Scenario::Memory) {
         let clients = args.clients.unwrap_or(if args.quick { 500 } else { 10_000 });
