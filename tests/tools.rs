@@ -394,10 +394,11 @@ async fn bench_quick_reports_every_figure() {
         distinct,
         ["write", "keepup", "replay", "latency", "fanout", "memory", "retain", "follow"]
     );
-    // Every write path beside the references, and the three fan-out figures at
-    // 1,000 clients: deliveries/s against both targets, and server CPU per delivery.
+    // Every write path beside the references, the three fan-out figures at
+    // 1,000 clients (deliveries/s against both targets, and server CPU per
+    // delivery) and the two of SSE (deliveries/s, server CPU per delivery).
     assert_eq!(scenarios.iter().filter(|s| **s == "write").count(), 7, "{figures:?}");
-    assert_eq!(scenarios.iter().filter(|s| **s == "fanout").count(), 3, "{figures:?}");
+    assert_eq!(scenarios.iter().filter(|s| **s == "fanout").count(), 5, "{figures:?}");
     for figure in figures {
         // What a follower adds to a cluster's CPU is a difference of two
         // phases: within the noise it can come out below zero.
