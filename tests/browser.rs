@@ -258,20 +258,9 @@ async fn client_js_resumes_after_a_forced_disconnect_with_every_seq_once() {
     server.stop().await.unwrap();
 }
 
-/// client.js over a slow, flaky link (150 ms each way, connections reset
-/// mid-stream) under a steady writer: it subscribes and resumes in one
-/// message, so the application receives every seq once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_js_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
-    let db = TestDb::new().await;
-    let server = db.server().await;
-    let link = common::SlowLink::start(server.addr.port(), Duration::from_millis(150)).await;
-    let driver = Driver::start().await;
-    let page = driver.browser("slow-link").await;
-    page.goto(&format!("http://127.0.0.1:{}/", link.port)).await.unwrap();
-    let start = loaded(&db, &page).await;
-
-    // A writer at about 50 transactions a second.
+/// 150 one-row transactions from a writer at about 50 a second, while `link`
+/// is cut three times, 0.7 s apart.
+async fn write_steadily_cutting(db: &TestDb, link: &common::SlowLink) {
     let writer = {
         let pool = db.pool.clone();
         tokio::spawn(async move {
@@ -290,6 +279,22 @@ async fn client_js_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
         link.reset_existing();
     }
     writer.await.unwrap();
+}
+
+/// client.js over a slow, flaky link (150 ms each way, connections reset
+/// mid-stream) under a steady writer: it subscribes and resumes in one
+/// message, so the application receives every seq once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_js_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
+    let db = TestDb::new().await;
+    let server = db.server().await;
+    let link = common::SlowLink::start(server.addr.port(), Duration::from_millis(150)).await;
+    let driver = Driver::start().await;
+    let page = driver.browser("slow-link").await;
+    page.goto(&format!("http://127.0.0.1:{}/", link.port)).await.unwrap();
+    let start = loaded(&db, &page).await;
+
+    write_steadily_cutting(&db, &link).await;
     db.exec("INSERT INTO studies (study_label) VALUES ('marker-slow')")
         .await;
     wait_for_study(&page, "marker-slow").await;
@@ -543,25 +548,7 @@ async fn an_event_source_over_a_slow_flaky_link_gets_every_seq_once_in_order() {
     opened(1).await;
     let start = db.scalar_i64("SELECT pgfeed.head()").await;
 
-    // A writer at about 50 transactions a second.
-    let writer = {
-        let pool = db.pool.clone();
-        tokio::spawn(async move {
-            for i in 0..150 {
-                sqlx::query("INSERT INTO studies (study_label) VALUES ($1)")
-                    .bind(format!("steady-{i}"))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        link.reset_existing();
-    }
-    writer.await.unwrap();
+    write_steadily_cutting(&db, &link).await;
     opened(2).await;
     db.exec("INSERT INTO studies (study_label) VALUES ('marker-sse')").await;
     let mut events = Vec::new();
